@@ -105,6 +105,77 @@ def eval_(model: List[str] = typer.Option(..., "--model", help="zoo alias, local
 
 
 @app.command()
+def finetune(model: str = typer.Option(..., "--model"),
+             train: str = typer.Option(..., "--train", help="SQuAD train file or 'squad' (hub)"),
+             out: str = typer.Option(..., "--out", help="output directory (adapter, finetune.json, train_log.jsonl)"),
+             prompt_style: str = typer.Option("default", "--prompt-style"),
+             lora_r: int = typer.Option(8, "--lora-r"), lora_alpha: int = typer.Option(16, "--lora-alpha"),
+             lora_dropout: float = typer.Option(0.1, "--lora-dropout"),
+             target_modules: Optional[List[str]] = typer.Option(None, "--target-modules",
+                                                                help="override the family's default LoRA targets"),
+             epochs: float = typer.Option(1.0, "--epochs"), max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+             lr: float = typer.Option(2e-4, "--lr"), batch_size: int = typer.Option(8, "--batch-size"),
+             grad_accum: int = typer.Option(1, "--grad-accum"), max_length: int = typer.Option(1024, "--max-length"),
+             schedule: str = typer.Option("cosine", "--schedule", help="cosine or linear"),
+             warmup_steps: int = typer.Option(10, "--warmup-steps"), max_grad_norm: float = 1.0,
+             loss_on: str = typer.Option("answer", "--loss-on", help="answer (default) or all"),
+             limit: Optional[int] = typer.Option(None, "--limit", help="use the first N training rows"),
+             eval_every: int = typer.Option(0, "--eval-every"), eval_data: Optional[str] = typer.Option(None, "--eval-data"),
+             eval_limit: int = typer.Option(20, "--eval-limit"), save_every: int = typer.Option(20, "--save-every"),
+             resume: bool = typer.Option(False, "--resume"), merge: bool = typer.Option(False, "--merge"),
+             seed: int = 1234, device: Optional[str] = typer.Option(None, "--device"),
+             db: str = typer.Option("runs/archbench.sqlite", "--db")):
+    """LoRA fine-tuning (answer-only loss, EOS appended) with accelerate; checkpoints and exact resume."""
+    from archbench.finetune import finetune as run_finetune
+
+    result = _call(run_finetune, model=model, train=train, out=out, prompt_style=prompt_style, lora_r=lora_r,
+                   lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules, epochs=epochs,
+                   max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
+                   schedule=schedule, warmup_steps=warmup_steps, max_grad_norm=max_grad_norm, loss_on=loss_on,
+                   limit=limit, eval_every=eval_every, eval_data=eval_data, eval_limit=eval_limit,
+                   save_every=save_every, resume=resume, merge=merge, seed=seed, device=device, db=db)
+    console.print(f"adapter: {out} · loss {result['first_loss']:.3f} -> {result['final_loss']:.3f} "
+                  f"· {result['wall_s']:.0f}s")
+
+
+@app.command()
+def bench(model: List[str] = typer.Option(..., "--model"),
+          context: str = typer.Option("128,512,2048,8192", "--context", help="prompt lengths in tokens"),
+          batch: str = typer.Option("1,8,32", "--batch", help="batch sizes"),
+          new_tokens: int = typer.Option(64, "--new-tokens"),
+          engine: str = typer.Option("archbench", "--engine"), device: str = "cpu", dtype: str = "float32",
+          prompt_source: str = typer.Option("random", "--prompt-source", help="random tokens or text"),
+          min_runs: int = typer.Option(3, "--min-runs"), min_seconds: float = typer.Option(1.0, "--min-seconds"),
+          out: str = typer.Option("runs/bench", "--out"), db: str = typer.Option("runs/archbench.sqlite", "--db")):
+    """Efficiency sweep: prefill, decode, memory and state size vs context length and batch size."""
+    from archbench.bench import bench as run_bench
+
+    _call(run_bench, models=model, contexts=_ints(context, "--context"), batches=_ints(batch, "--batch"),
+          new_tokens=new_tokens, engine=engine, device=device, dtype=dtype, prompt_source=prompt_source,
+          min_runs=min_runs, min_seconds=min_seconds, out=out, db=db)
+
+
+@app.command()
+def run(study: str = typer.Argument(..., help="study YAML file, or the name of a shipped study (demo, seed)"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="print the plan and what is already done"),
+        only: Optional[List[str]] = typer.Option(None, "--only", help="run only these parts of the study")):
+    """Run a study (models x shots x fine-tuning x bench) from one YAML config, then write its report."""
+    from archbench.study import run_study
+
+    _call(run_study, study=study, dry_run=dry_run, only=only)
+
+
+@app.command()
+def report(sources: List[str] = typer.Argument(..., help="eval/bench/finetune run directories or study YAMLs"),
+           out: str = typer.Option("runs/report", "--out"), db: str = typer.Option("runs/archbench.sqlite", "--db")):
+    """Render report.md and a self-contained report.html from stored results only."""
+    from archbench.report import render_report
+
+    written = _call(render_report, sources=sources, out=out, db=db)
+    console.print("wrote " + ", ".join(str(p) for p in written))
+
+
+@app.command()
 def demo(out: str = typer.Option("runs/demo", "--out"),
          data_dir: Optional[str] = typer.Option(None, "--data-dir", envvar="ARCHBENCH_DATA",
                                                 help="folder with the SQuAD files (seed_eval_100.jsonl, ...)")):
