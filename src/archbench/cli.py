@@ -48,7 +48,7 @@ def models():
     from archbench import families, zoo
 
     for name in zoo.names():
-        note = zoo.REAL.get(name, "untrained random-init " + zoo.TINY[name][0].removesuffix("Config"))
+        note = zoo.REAL[name] if name in zoo.REAL else "untrained random-init " + zoo.TINY[name][0][:-len("Config")]
         console.print(f"{name:15s} {note}")
     console.print("families: " + ", ".join(families.names()))
 

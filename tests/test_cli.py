@@ -1,0 +1,38 @@
+"""The thin CLI: models listing and side-by-side free-form answers on tiny models (stored)."""
+from typer.testing import CliRunner
+
+from archbench.cli import app
+from archbench.store import Store
+
+
+def test_models_lists_zoo_and_families():
+    result = CliRunner().invoke(app, ["models"])
+    assert result.exit_code == 0
+    for name in ("smollm2-135m", "tiny-gpt2", "tiny-mamba", "tiny-mamba2", "tiny-rwkv", "untrained"):
+        assert name in result.output
+    assert "families: transformer, mamba, mamba2, rwkv" in result.output
+
+
+def test_ask_answers_side_by_side_and_stores_them(tmp_path):
+    db = tmp_path / "db.sqlite"
+    result = CliRunner().invoke(app, ["ask", "--model", "tiny-gpt2", "--model", "tiny-rwkv", "--question",
+                                      "Who is Albert Einstein?", "--shots", "3", "--max-new-tokens", "5",
+                                      "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    assert "tiny-gpt2 (untrained)" in result.output and "tiny-rwkv (untrained)" in result.output
+    with Store(db) as store:
+        answers = store.records(None, "answer")
+    assert [a["model"] for a in answers] == ["tiny-gpt2", "tiny-rwkv"]
+    assert all(a["new_tokens"] == 5 for a in answers)  # untrained: never emits end-of-text
+    assert answers[1]["prompt"].endswith("Question: Who is Albert Einstein?\nAnswer:")
+    assert "You are a question answering bot" in answers[0]["prompt"]
+
+
+def test_ask_chat_needs_a_template(tmp_path):
+    result = CliRunner().invoke(app, ["ask", "--model", "tiny-mamba", "--question", "Hi?", "--chat",
+                                      "--max-new-tokens", "2", "--db", str(tmp_path / "db.sqlite")])
+    # the borrowed SmolLM2 tokenizer carries a chat template, so this runs and the prompt is templated
+    assert result.exit_code == 0, result.output
+    with Store(tmp_path / "db.sqlite") as store:
+        (answer,) = store.records(None, "answer")
+    assert answer["prompt"].startswith("<|im_start|>") and answer["prompt"].endswith("<|im_start|>assistant\n")
