@@ -18,7 +18,7 @@ from archbench import families
 from archbench.trackers import synchronize
 
 ENGINES = ("archbench", "hf")
-DEFAULT_ENGINE = "hf"
+DEFAULT_ENGINE = "archbench"
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,132 @@
 """Decoder-only Transformers (GPT-2, GPT-Neo, GPT-NeoX, Llama, ...): attention with a KV cache.
 
 Reference: Vaswani et al. 2017; transformers' GPT-2 / Llama implementations.
+
+For archbench's engine (engine.py) the forward pass is transformers' own model, called with an explicit
+left-padded attention mask, explicit position ids, a `DynamicCache` whose layers write into preallocated
+buffers (`Preallocated`: no per-step concatenation of the whole cache), and
+`logits_to_keep=1` so that the vocabulary projection runs on the last position only. A shared prompt
+prefix is prefilled once (batch 1); each batch starts from a copy of its keys/values, shifted right per
+row so that every row stays purely left-padded (pads never sit between prefix and suffix, so sliding
+windows and learned positions see exactly what a batch-1 run sees).
 """
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import DynamicLayer
+
 NAME = "transformer"
 MODEL_TYPES = frozenset()  # catch-all: every decoder-only type not owned by a recurrent family
 PAD_SAFE = True
+SPARE = 128  # free KV columns allocated beyond the tokens written: decode steps before a reallocation
 LORA_TARGETS = {
     "gpt2": ["c_attn", "c_proj", "c_fc"],
     "gpt_neo": ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"],
     "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
     "*": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
 }
+
+
+@dataclass
+class State:
+    cache: object  # transformers DynamicCache: per layer keys/values (B, kv_heads, W, head_dim)
+    mask: torch.Tensor  # (B, W) 1 = real token, 0 = left padding
+    ids: list[list[int]]  # prompt token ids per row (a prefix state is re-read from these)
+
+
+def kernel(model) -> str:
+    return f"transformers-{model.config._attn_implementation}-preallocated-kv"
+
+
+class Preallocated(DynamicLayer):
+    """A cache layer whose keys/values live in buffers with room to spare: a decode step writes one column
+    (transformers' DynamicLayer concatenates the whole cache every step). When full it is reallocated
+    with SPARE free columns."""
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, *args, **kwargs):  # k, v (B, H, T, D)
+        n = self.get_seq_length()
+        if not self.is_initialized or n + k.shape[2] > self.kbuf.shape[2]:
+            cap = n + k.shape[2] + SPARE
+            kbuf, vbuf = (k.new_empty(*k.shape[:2], cap, k.shape[3]), v.new_empty(*v.shape[:2], cap, v.shape[3]))
+            if n:
+                kbuf[:, :, :n], vbuf[:, :, :n] = self.keys, self.values
+            self.kbuf, self.vbuf, self.is_initialized = kbuf, vbuf, True
+        self.kbuf[:, :, n:n + k.shape[2]], self.vbuf[:, :, n:n + k.shape[2]] = k, v
+        self.keys, self.values = self.kbuf[:, :, :n + k.shape[2]], self.vbuf[:, :, :n + k.shape[2]]
+        return self.keys, self.values
+
+    def batch_select_indices(self, rows: torch.Tensor) -> None:
+        n = self.get_seq_length()
+        self.kbuf, self.vbuf = self.kbuf[rows], self.vbuf[rows]
+        self.keys, self.values = self.kbuf[:, :, :n], self.vbuf[:, :, :n]
+
+
+def _cache(model):
+    """A DynamicCache for `model` whose full-attention layers are `Preallocated` (sliding ones stay)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    cache.layers = [Preallocated() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
+def _forward(model, ids: torch.Tensor, mask: torch.Tensor, cache) -> torch.Tensor:
+    """Run `ids` (B, T) after `cache`; `mask` (B, W+T) covers cache and input. Returns (B, V) fp32 logits
+    of the last position."""
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]  # (B, T) positions skip the padding
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
+                logits_to_keep=1)
+    return out.logits[:, -1].float()
+
+
+def _shareable(cache) -> bool:
+    return all(not getattr(layer, "is_sliding", False) for layer in cache.layers)
+
+
+def prefill(model, seqs, state: State | None = None) -> tuple[State, torch.Tensor]:
+    """Prefill token lists (or a (B, T) tensor) after an optional batch-1 prefix `state`; each row is
+    prefix + seq. Returns the batch state and (B, V) logits of each row's last token."""
+    seqs = seqs.tolist() if torch.is_tensor(seqs) else [list(s) for s in seqs]
+    dev = model.device
+    pre = state.ids[0] if state is not None else []
+    if state is not None and not _shareable(state.cache):
+        state, seqs = None, [pre + s for s in seqs]  # sliding-window caches are cropped: recompute
+        pre = []
+    p, smax = len(pre), max(len(s) for s in seqs)
+    pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    pads = torch.tensor([smax - len(s) for s in seqs], device=dev)  # (B,)
+    full = torch.tensor([[pad_id] * (smax - len(s)) + pre + s for s in seqs], device=dev)  # (B, P+S)
+    mask = (torch.arange(p + smax, device=dev)[None] >= pads[:, None]).long()  # (B, P+S)
+    cache = _cache(model)
+    if state is not None and p:
+        # row r keeps prefix position j - pad_r in cache column j; the input recomputes the prefix tail
+        col = (torch.arange(p, device=dev)[None] - pads[:, None]).clamp(min=0)  # (B, P)
+        for i, layer in enumerate(state.cache.layers):
+            k, v = layer.keys[0][:, col], layer.values[0][:, col]  # (H, B, P, D)
+            cache.update(k.transpose(0, 1).contiguous(), v.transpose(0, 1).contiguous(), i)
+        ids = full[:, p:]
+    else:
+        ids = full
+    logits = _forward(model, ids, mask, cache)
+    return State(cache, mask, [pre + s for s in seqs]), logits
+
+
+def step(model, tokens: torch.Tensor, state: State) -> tuple[State, torch.Tensor]:
+    """One decode step: `tokens` (B,) are appended to every row. Returns (state, (B, V) logits)."""
+    mask = torch.cat([state.mask, state.mask.new_ones(len(tokens), 1)], dim=1)  # (B, W+1)
+    logits = _forward(model, tokens[:, None], mask, state.cache)
+    return State(state.cache, mask, state.ids), logits
+
+
+def select(state: State, rows: torch.Tensor) -> State:
+    """Keep batch rows `rows` (finished sequences leave the batch)."""
+    state.cache.batch_select_indices(rows)
+    return State(state.cache, state.mask[rows], [state.ids[i] for i in rows.tolist()])
+
+
+def state_bytes(state: State) -> int:
+    """Bytes of the KV cache tensors (keys and values of every layer)."""
+    return sum(t.numel() * t.element_size() for layer in state.cache.layers for t in (layer.keys, layer.values)
+               if t is not None)

@@ -1,0 +1,105 @@
+"""archbench's engine vs transformers' `generate` on the few-shot SQuAD workload, in one process.
+
+The workload of the engine issue: N three-shot SQuAD prompts (shots drawn once, so every prompt shares
+them), greedy, 32 new tokens, stop at newline. Per model the two engines run interleaved (hf, archbench,
+hf, archbench, ... after an untimed warm-up) and the script prints: predictions identical out of N, wall
+seconds each way, their ratio, and the roofline view (roofline.py's formulas and measured rates): achieved
+prefill FLOP/s against the measured fp32 matmul rate, and decode bytes/s against the measured copy
+bandwidth.
+
+    PYTHONPATH=src python benchmarks/engine_vs_hf.py --models tiny-gpt2 tiny-mamba tiny-rwkv smollm2-135m
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from archbench import families, prompts, roofline
+from archbench.data import load_examples, load_pool
+from archbench.generation import GenSettings, generate
+from archbench.loading import load
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "squad"
+
+
+def workload(data: Path, n: int, shots: int, seed: int) -> list[str]:
+    examples = load_examples(str(data / "squad_val_1k.jsonl"), limit=n)
+    pool = load_pool(str(data / "squad_v1.1_train_8k.jsonl"))
+    drawn = prompts.draw_shots(pool, shots, seed, {e.id for e in examples})
+    style = prompts.load_style("default")
+    return [prompts.render(style, e, drawn) for e in examples]
+
+
+def per_row_state_bytes(lm) -> tuple[float, float]:
+    """(fixed, per prompt token) bytes of one row's KV cache / recurrent state, from two tiny prefills."""
+    fam = families.get(lm.family)
+    with torch.inference_mode():
+        b1, b2 = (fam.state_bytes(fam.prefill(lm.model, [[100] * n])[0]) for n in (4, 8))
+    return b1 - (b2 - b1), (b2 - b1) / 4
+
+
+def roof(lm, results, ids, shp, state) -> tuple[float, float]:
+    """(prefill FLOP/s, decode bytes/s) achieved over `results`: the work each engine needed (a shared
+    prefix once for archbench) divided by the reported prefill and decode seconds."""
+    flops = bytes_ = 0.0
+    for r in results:
+        p = r.info.get("prefix_cache_tokens", 0)
+        if r.info.get("prefix_prefill_s"):
+            flops += roofline.prefill_flops(shp, p, 1)
+        for c in r.completions:
+            t = len(ids[c.index])
+            flops += roofline.prefill_flops(shp, t, 1) - (roofline.prefill_flops(shp, p, 1) - 2 * shp["head_params"]
+                                                          if p else 0.0)
+        steps = max(c.new_tokens for c in r.completions) - 1
+        ctx = sum(len(ids[c.index]) for c in r.completions)
+        bytes_ += steps * roofline.decode_bytes(shp, len(r.completions) * state[0] + ctx * state[1])
+    return (flops / max(sum(r.prefill_s for r in results), 1e-9),
+            bytes_ / max(sum(r.decode_s for r in results), 1e-9))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["tiny-gpt2", "tiny-mamba", "tiny-rwkv", "smollm2-135m"])
+    ap.add_argument("--n", type=int, default=50)
+    ap.add_argument("--shots", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=1, help="timed hf/archbench pairs per model")
+    ap.add_argument("--data", type=Path, default=DATA)
+    args = ap.parse_args()
+    texts = workload(args.data, args.n, args.shots, seed=0)
+    settings = GenSettings(max_new_tokens=32, stop=("\n",), batch_size=args.batch_size)
+    mm, bw = roofline.matmul_flops("cpu"), roofline.mem_bandwidth("cpu")
+    print(f"machine: fp32 matmul {mm / 1e9:.1f} GFLOP/s, copy {bw / 1e9:.1f} GB/s, {torch.get_num_threads()} threads")
+    for name in args.models:
+        lm = load(name)
+        ids = [lm.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        shp, state = roofline.shape(lm.model, lm.family), per_row_state_bytes(lm)
+        for engine in ("hf", "archbench"):  # warm-up: one-time library and allocator costs
+            list(generate(lm, texts[:2], settings, engine=engine))
+        wall, out = {"hf": [], "archbench": []}, {}
+        for _ in range(args.repeats):
+            for engine in ("hf", "archbench"):
+                t0 = time.perf_counter()
+                out[engine] = list(generate(lm, texts, settings, engine=engine))
+                wall[engine].append(time.perf_counter() - t0)
+        preds = {e: {c.index: c.text.strip() for r in res for c in r.completions} for e, res in out.items()}
+        same = sum(preds["hf"][i] == preds["archbench"][i] for i in range(len(texts)))
+        hf_s, ours_s = min(wall["hf"]), min(wall["archbench"])
+        mean_len = sum(map(len, ids)) / len(ids)
+        print(f"\n{name} ({lm.family}, {len(texts)} prompts, mean {mean_len:.0f} tokens, "
+              f"prefix {out['archbench'][0].info['prefix_cache_tokens']} shared, "
+              f"kernel {out['archbench'][0].info['kernel']})")
+        print(f"  identical predictions {same}/{len(texts)}; wall hf {hf_s:.2f} s, archbench {ours_s:.2f} s, "
+              f"speed-up x{hf_s / ours_s:.2f}")
+        for engine, res in out.items():
+            pf, db = roof(lm, res, ids, shp, state)
+            print(f"  {engine:9s} prefill {sum(r.prefill_s for r in res):7.2f} s {pf / 1e9:7.1f} GFLOP/s "
+                  f"({100 * pf / mm:5.1f}% of matmul) | decode {sum(r.decode_s for r in res):6.2f} s "
+                  f"{db / 1e9:6.2f} GB/s ({100 * db / bw:5.1f}% of copy)")
+
+
+if __name__ == "__main__":
+    main()

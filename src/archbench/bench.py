@@ -1,0 +1,368 @@
+"""`archbench bench`: prefill, decode, memory and state size of every model x context x batch point.
+
+The claim under test (Mamba paper, Gu & Dao 2023, Sec. 4.5; RWKV paper, Peng et al. 2023, Sec. 7): a
+recurrent model keeps a fixed-size state, so its per-token decode cost and memory stay flat as the context
+grows, while a Transformer's KV cache and attention grow with it. Kept apart as in optimum-benchmark:
+the backend (families' `prefill`/`step`, or transformers' `generate` for --engine hf), the scenario
+(`measure`: one point) and the trackers (trackers.py clocks and memory, roofline.py rates and work).
+
+Method, per point
+  - prompt: B rows of exactly T tokens, seeded random ids (special ids excluded) or a built-in paragraph
+    repeated and cut to length (--prompt-source text); no padding anywhere;
+  - one warm-up run (excluded) under the memory tracker: it does the same work as a timed run, so it gives
+    the point's peak memory while no sampler thread runs during timed regions; it also reads the state size;
+  - timed runs repeat until both `min_runs` and `min_seconds` are reached. archbench engine: the prefill
+    plus the first argmax is the time to first token; each of the other new_tokens - 1 steps is timed on
+    its own (device synchronised before and after) and all steps of all runs form the decode distribution.
+    hf engine (optimum-benchmark's way): generate with max_new_tokens=1 is the time to first token, and
+    in generate with min_new_tokens = max_new_tokens = N a streamer times each of the N - 1 later tokens;
+  - a fixed number of new tokens (no early stop), greedy;
+  - every point runs in a fresh `python -m archbench.bench --point JSON` process, so one point's memory
+    cannot inflate the next; an out-of-memory error (or the kernel's OOM kill) is recorded as "oom", and
+    larger points of that model are then skipped; points past the model's window are skipped with a reason.
+Writes OUT/bench.json ({"run_id", "config", "env" with the measured "matmul_flops" and
+"mem_bandwidth_bytes_s", "points"}; a point's numbers are the MEASURED names below, None unless its status
+is "ok"), one store record per point (kind "bench"), and prints a table.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from archbench import families, roofline
+from archbench.generation import ENGINES
+from archbench.loading import DTYPES, load
+from archbench.store import Store
+from archbench.trackers import MemoryTracker, Timer, environment, synchronize
+
+DEFAULT_DB = "runs/archbench.sqlite"
+PROMPT_SOURCES = ("random", "text")
+LAUNCHERS = ("process", "inline")  # optimum-benchmark's launchers: a fresh process per point, or this one
+MEASURED = ("ttft_ms_median", "ttft_ms_p90", "prefill_tok_s", "decode_ms_median", "decode_ms_p90",
+            "decode_tok_s", "peak_mem_mb", "peak_reserved_mb", "mem_kind", "state_bytes", "prefill_flops",
+            "prefill_flops_frac", "decode_bytes_per_step", "decode_bw_frac", "runs")
+TEXT = ("The river delta formed over several thousand years as sediment carried from the northern highlands "
+        "settled where the current slowed near the coast. Early settlers drained the marshes with a network "
+        "of canals, and by the fourteenth century the region supplied grain to most of the surrounding "
+        "cities. A series of floods in 1421 destroyed many of the dikes, and the rebuilding that followed "
+        "was organised by local water boards, which still exist today and are among the oldest democratic "
+        "institutions in the country. Modern engineers have since added storm barriers that close "
+        "automatically when the sea rises above a set level. ")
+
+
+# prompts ----------------------------------------------------------------------------------------
+def prompt_ids(lm, context: int, batch: int, source: str = "random", seed: int = 0) -> torch.Tensor:
+    """(batch, context) token ids: seeded random non-special ids, or the built-in paragraph repeated and
+    cut to exactly `context` tokens (row r starts 13 r tokens in, so rows differ)."""
+    if source == "random":
+        vocab = lm.model.get_input_embeddings().num_embeddings
+        allowed = torch.ones(vocab, dtype=torch.bool)
+        allowed[[i for i in lm.tokenizer.all_special_ids if i < vocab]] = False
+        pool = allowed.nonzero()[:, 0]
+        gen = torch.Generator().manual_seed(seed)
+        ids = pool[torch.randint(len(pool), (batch, context), generator=gen)]
+    elif source == "text":
+        text = lm.tokenizer(TEXT, add_special_tokens=False)["input_ids"]
+        text = text * (-(-(context + 13 * batch) // len(text)))
+        ids = torch.tensor([text[13 * r: 13 * r + context] for r in range(batch)])
+    else:
+        raise ValueError(f"--prompt-source {source!r}: choose one of {', '.join(PROMPT_SOURCES)}")
+    return ids.to(lm.device)
+
+
+# the two backends: one run = prefill + (new_tokens - 1) decode steps ----------------------------------
+def _engine_run(lm, ids: torch.Tensor, new_tokens: int, read_state: bool = False) -> dict:
+    """archbench's engine: the family's prefill, then each step timed on its own."""
+    fam = families.get(lm.family)
+    with Timer(lm.device) as t:
+        state, logits = fam.prefill(lm.model, ids)
+        token = logits.argmax(-1)
+    out = {"ttft_s": t.result.seconds, "decode_s": [], "after_step": []}
+    if read_state:
+        out["state_bytes"] = fam.state_bytes(state)
+    for _ in range(new_tokens - 1):
+        with Timer(lm.device) as t:
+            state, logits = fam.step(lm.model, token, state)
+            token = logits.argmax(-1)
+        out["decode_s"].append(t.result.seconds)
+        if read_state:  # what this step read: the state it leaves (the cache includes its own token)
+            out["after_step"].append(fam.state_bytes(state))
+    return out
+
+
+def _tensor_bytes(obj, seen: set | None = None, depth: int = 0) -> int:
+    """Bytes of the distinct tensors inside a transformers cache (a Cache object, its layers' tensors and
+    dicts of tensors, or RWKV's list of state tensors)."""
+    seen = set() if seen is None else seen
+    if torch.is_tensor(obj):
+        key = (obj.data_ptr(), obj.numel())
+        if key in seen:
+            return 0
+        seen.add(key)
+        return obj.numel() * obj.element_size()
+    if depth > 4:
+        return 0
+    if isinstance(obj, dict):
+        items = obj.values()
+    elif isinstance(obj, (list, tuple)):
+        items = obj
+    elif type(obj).__module__.startswith("transformers"):
+        items = vars(obj).values()
+    else:
+        return 0
+    return sum(_tensor_bytes(x, seen, depth + 1) for x in items)
+
+
+class _TokenClock:
+    """A transformers streamer noting when each generated token exists (device synchronised): `put` is
+    called once with the prompt, then once per new token."""
+
+    def __init__(self, device):
+        self.device, self.times = device, []
+
+    def put(self, value):
+        synchronize(self.device)
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+
+def _hf_run(lm, ids: torch.Tensor, new_tokens: int, read_state: bool = False) -> dict:
+    """transformers' generate: max_new_tokens=1 times the prefill; in a run forced to N tokens a streamer
+    times each of the N - 1 later tokens (the gaps between consecutive tokens)."""
+    tok = lm.tokenizer
+    kwargs = dict(attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=tok.pad_token_id,
+                  temperature=None, top_p=None, top_k=None, return_dict_in_generate=read_state)
+    with Timer(lm.device) as t:
+        one = lm.model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kwargs)
+    clock = _TokenClock(lm.device)
+    full = lm.model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, streamer=clock, **kwargs)
+    gaps = [b - a for a, b in zip(clock.times[1:], clock.times[2:])]  # times[0] is the prompt's put
+    out = {"ttft_s": t.result.seconds, "decode_s": gaps, "after_step": []}
+    if read_state:
+        def cache(result) -> int | None:
+            found = getattr(result, "cache", None)
+            found = getattr(result, "past_key_values", None) if found is None else found
+            return _tensor_bytes(found) or None
+
+        two = lm.model.generate(ids, max_new_tokens=2, min_new_tokens=2, **kwargs)
+        out["state_bytes"] = cache(one)
+        out["after_step"] = [cache(two), cache(full)]  # the first and the last decode step's state
+    return out
+
+
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and "can't allocate memory" in str(err))
+
+
+def measure(spec: dict) -> dict:
+    """Run one point (spec: model, context, batch, new_tokens, engine, device, dtype, prompt_source,
+    min_runs, min_seconds, seed) in this process; returns the raw samples, or {"status": "oom", ...}."""
+    lm = load(spec["model"], device=spec["device"], dtype=spec["dtype"])
+    run = _hf_run if spec["engine"] == "hf" else _engine_run
+    try:
+        ids = prompt_ids(lm, spec["context"], spec["batch"], spec["prompt_source"], spec["seed"])
+        with torch.inference_mode():
+            with MemoryTracker(lm.device) as mem:
+                warm = run(lm, ids, spec["new_tokens"], read_state=True)
+            ttft, decode, start = [], [], time.perf_counter()
+            while len(ttft) < spec["min_runs"] or time.perf_counter() - start < spec["min_seconds"]:
+                r = run(lm, ids, spec["new_tokens"])
+                ttft.append(r["ttft_s"])
+                decode += r["decode_s"]
+    except Exception as err:  # noqa: BLE001 - only out-of-memory is recorded; anything else re-raises
+        if not _is_oom(err):
+            raise
+        return {"status": "oom", "reason": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
+    steps = [b for b in warm["after_step"] if b is not None]
+    return {"status": "ok", "ttft_s": ttft, "decode_s": decode, "runs": len(ttft),
+            "state_bytes": warm["state_bytes"], "state_bytes_decode": sum(steps) / len(steps) if steps else None,
+            "peak_mem_mb": mem.result.peak_mb, "peak_reserved_mb": mem.result.reserved_mb,
+            "mem_kind": mem.result.kind}
+
+
+def _launch(spec: dict, launcher: str) -> dict:
+    """Measure a point in a fresh interpreter (launcher "process") or in this one ("inline")."""
+    if launcher == "inline":
+        raw = measure(spec)
+        gc.collect()
+        if torch.device(spec["device"]).type == "cuda":
+            torch.cuda.empty_cache()
+        return raw
+    proc = subprocess.run([sys.executable, "-m", "archbench.bench", "--point", json.dumps(spec)],
+                          capture_output=True, text=True)
+    if proc.returncode == -signal.SIGKILL:
+        return {"status": "oom", "reason": "point process killed by SIGKILL (the kernel's out-of-memory killer)"}
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench point {spec['model']} context {spec['context']} batch {spec['batch']} "
+                           f"failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# records ----------------------------------------------------------------------------------------------
+def _model_meta(name: str, engine: str, device: str, dtype: str, store: Store, run_id: str) -> dict:
+    """Load the model once in this process for what every point record and the roofline need; free it."""
+    lm = load(name, device=device, dtype=dtype)
+    store.add_model(run_id, lm)
+    kernel = families.get(lm.family).kernel(lm.model) if engine == "archbench" else "transformers.generate"
+    meta = {"model": name, "family": lm.family, "params": lm.params, "untrained": lm.untrained,
+            "kernel": kernel, "max_len": lm.max_len, "shape": roofline.shape(lm.model, lm.family)}
+    del lm
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+    return meta
+
+
+def _skip_reason(meta: dict, context: int, batch: int, new_tokens: int, ooms: list) -> str | None:
+    if meta["max_len"] is not None and context + new_tokens > meta["max_len"]:
+        return (f"context {context} + {new_tokens} new tokens exceeds the model's window "
+                f"of {meta['max_len']} tokens")
+    for c, b in ooms:
+        if context >= c and batch >= b:
+            return f"not run: the smaller point context {c}, batch {b} ran out of memory"
+    return None
+
+
+def _median_p90(xs: list[float]) -> tuple[float, float]:
+    return float(np.median(xs)), float(np.percentile(xs, 90))
+
+
+def _record(meta: dict, spec: dict, raw: dict, env: dict) -> dict:
+    """One bench.json point: identity, status, and (status "ok") the derived numbers."""
+    rec = {k: meta[k] for k in ("model", "family", "params", "untrained", "kernel")}
+    rec.update({k: spec[k] for k in ("engine", "context", "batch", "new_tokens")})
+    rec.update(status=raw["status"], reason=raw.get("reason"), **dict.fromkeys(MEASURED))
+    if raw["status"] != "ok":
+        return rec
+    b, t = spec["batch"], spec["context"]
+    ttft, ttft90 = _median_p90(raw["ttft_s"])
+    dec, dec90 = _median_p90(raw["decode_s"])
+    flops = roofline.prefill_flops(meta["shape"], t, b)
+    rec.update(ttft_ms_median=ttft * 1e3, ttft_ms_p90=ttft90 * 1e3, prefill_tok_s=b * t / ttft,
+               decode_ms_median=dec * 1e3, decode_ms_p90=dec90 * 1e3, decode_tok_s=b / dec,
+               peak_mem_mb=raw["peak_mem_mb"], peak_reserved_mb=raw["peak_reserved_mb"], mem_kind=raw["mem_kind"],
+               state_bytes=raw["state_bytes"], prefill_flops=flops,
+               prefill_flops_frac=flops / ttft / env["matmul_flops"], runs=raw["runs"])
+    if raw["state_bytes_decode"] is None:
+        rec["reason"] = "the engine returned no cache tensors: state size and decode bytes unknown"
+    else:
+        per_step = roofline.decode_bytes(meta["shape"], raw["state_bytes_decode"])
+        rec.update(decode_bytes_per_step=per_step, decode_bw_frac=per_step / dec / env["mem_bandwidth_bytes_s"])
+    return rec
+
+
+def _size(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def table(points: list[dict]) -> Table:
+    """The sweep as a rich table, one row per point."""
+    tab = Table(title="archbench bench", show_lines=False)
+    for col in ("model", "ctx", "batch", "status", "TTFT ms (p90)", "prefill tok/s", "decode ms (p90)",
+                "decode tok/s", "peak MB", "state", "FLOP/s %", "BW %"):
+        tab.add_column(col, justify="left" if col in ("model", "status") else "right")
+    for p in points:
+        label = p["model"] + (" (untrained)" if p["untrained"] else "")
+        if p["status"] != "ok":
+            tab.add_row(label, str(p["context"]), str(p["batch"]), f"{p['status']}: {p['reason']}",
+                        *["-"] * 8)
+            continue
+        tab.add_row(label, str(p["context"]), str(p["batch"]), "ok",
+                    f"{p['ttft_ms_median']:.1f} ({p['ttft_ms_p90']:.1f})", f"{p['prefill_tok_s']:.0f}",
+                    f"{p['decode_ms_median']:.2f} ({p['decode_ms_p90']:.2f})", f"{p['decode_tok_s']:.1f}",
+                    f"{p['peak_mem_mb']:.0f}", _size(p["state_bytes"]), _pct(p["prefill_flops_frac"]),
+                    _pct(p["decode_bw_frac"]))
+    return tab
+
+
+# the sweep ----------------------------------------------------------------------------------------------
+def bench(models: list[str], contexts: list[int], batches: list[int], new_tokens: int = 64,
+          engine: str = "archbench", device: str = "cpu", dtype: str = "float32", prompt_source: str = "random",
+          min_runs: int = 3, min_seconds: float = 1.0, out: str = "runs/bench", db: str = DEFAULT_DB,
+          launcher: str = "process", seed: int = 0) -> dict:
+    """Measure every model x batch x context point; write OUT/bench.json and the store; print a table."""
+    if engine not in ENGINES:
+        raise ValueError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    if prompt_source not in PROMPT_SOURCES:
+        raise ValueError(f"--prompt-source {prompt_source!r}: choose one of {', '.join(PROMPT_SOURCES)}")
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher {launcher!r}: choose one of {', '.join(LAUNCHERS)}")
+    if new_tokens < 2:
+        raise ValueError("--new-tokens must be at least 2 (the first token ends the prefill; decode needs one more)")
+    if not contexts or not batches or min(contexts + batches) < 1 or min_runs < 1:
+        raise ValueError("--context and --batch need positive integers and --min-runs at least 1")
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_id = f"{out_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    config = dict(models=list(models), contexts=sorted(contexts), batches=sorted(batches), new_tokens=new_tokens,
+                  engine=engine, device=device, dtype=dtype, prompt_source=prompt_source, min_runs=min_runs,
+                  min_seconds=min_seconds, launcher=launcher, seed=seed)
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    with Store(db) as store:
+        metas = [_model_meta(m, engine, device, dtype, store, run_id) for m in models]  # bad names fail first
+        console.print("measuring the machine's matmul rate and memory bandwidth ...")
+        env = {**environment(device), "matmul_flops": roofline.matmul_flops(device, DTYPES[dtype]),
+               "matmul_dtype": dtype, "mem_bandwidth_bytes_s": roofline.mem_bandwidth(device)}
+        store.ensure_run(run_id, "bench", config, env)
+        result = {"run_id": run_id, "config": config, "env": env, "points": []}
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console) as bar:
+            task = bar.add_task("bench", total=len(metas) * len(batches) * len(contexts))
+            for meta in metas:
+                ooms = []
+                for b in sorted(batches):
+                    for t in sorted(contexts):
+                        bar.update(task, description=f"{meta['model']} context {t} batch {b}")
+                        spec = dict(model=meta["model"], context=t, batch=b, new_tokens=new_tokens, engine=engine,
+                                    device=device, dtype=dtype, prompt_source=prompt_source, min_runs=min_runs,
+                                    min_seconds=min_seconds, seed=seed)
+                        reason = _skip_reason(meta, t, b, new_tokens, ooms)
+                        raw = {"status": "skipped", "reason": reason} if reason else _launch(spec, launcher)
+                        if raw["status"] == "oom":
+                            ooms.append((t, b))
+                        rec = _record(meta, spec, raw, env)
+                        result["points"].append(rec)
+                        store.put(run_id, "bench", f"{meta['model']}|{engine}|context={t}|batch={b}", rec)
+                        (out_dir / "bench.json").write_text(json.dumps(result, indent=1))
+                        bar.advance(task)
+    console.print(table(result["points"]))
+    console.print(f"wrote {out_dir / 'bench.json'}")
+    return result
+
+
+def _main(argv: list[str] | None = None) -> None:
+    """Child entry point: measure the point given as JSON and print the result as one JSON line."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m archbench.bench")
+    parser.add_argument("--point", required=True, help="the point spec as JSON (see `measure`)")
+    print(json.dumps(measure(json.loads(parser.parse_args(argv).point))), flush=True)
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,133 @@
+"""archbench's engine against transformers, on the tiny random models of every family (offline, fp32).
+
+- greedy tokens of a batch of prompts of different lengths equal transformers' greedy tokens for the same
+  prompts generated one at a time; a difference is allowed only from a step where the reference's top-two
+  logits are within NEAR_TIE (random models have near-tied logits), and such steps are counted and printed;
+- prefill logits (with and without a shared prefix state) match transformers' forward pass;
+- batch composition (order, batch size) and the prefix cache never change an example's output.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from archbench import engine, families  # noqa: E402
+from archbench.generation import GenSettings, generate  # noqa: E402
+from archbench.loading import load  # noqa: E402
+
+MODELS = ["tiny-gpt2", "tiny-gpt-neo", "tiny-llama", "tiny-mamba", "tiny-mamba2", "tiny-rwkv"]
+NEAR_TIE = 1e-4
+NEW = 10
+LENGTHS = (7, 31, 18, 44, 25)  # suffix lengths after a shared 40-token prefix; gpt-neo adds a long one
+PREFIX = 40
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def lm(request):
+    return load(request.param)
+
+
+def _prompts(lm) -> list[list[int]]:
+    g = torch.Generator().manual_seed(1)
+    lengths = LENGTHS + ((270,) if lm.model_type == "gpt_neo" else ())  # past gpt-neo's 256-token window
+    prefix = torch.randint(100, lm.tokenizer.vocab_size, (PREFIX,), generator=g).tolist()
+    return [prefix + torch.randint(100, lm.tokenizer.vocab_size, (n,), generator=g).tolist() for n in lengths]
+
+
+def _settings(batch_size: int = 8) -> GenSettings:
+    return GenSettings(max_new_tokens=NEW, stop=(), batch_size=batch_size, min_new_tokens=NEW)
+
+
+def _engine_tokens(lm, ids, batch_size=8, share_prefix=True) -> list[list[int]]:
+    out = [None] * len(ids)
+    for b in engine.run(lm, ids, _settings(batch_size), share_prefix=share_prefix):
+        for i, t in zip(b.rows, b.tokens):
+            out[i] = t
+    return out
+
+
+def _reference(lm, ids) -> tuple[list[int], torch.Tensor]:
+    """transformers' greedy tokens for one prompt and the logits of every step (NEW, V)."""
+    with torch.inference_mode():
+        out = lm.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                do_sample=False, max_new_tokens=NEW, min_new_tokens=NEW,
+                                pad_token_id=lm.tokenizer.pad_token_id, output_logits=True,
+                                return_dict_in_generate=True, temperature=None, top_p=None, top_k=None)
+    return out.sequences[0, len(ids):].tolist(), torch.cat(out.logits).float()
+
+
+def test_greedy_tokens_match_transformers_one_at_a_time(lm):
+    ids = _prompts(lm)
+    ours = _engine_tokens(lm, ids, batch_size=3)
+    near_ties = 0
+    for i, prompt in enumerate(ids):
+        ref, logits = _reference(lm, prompt)
+        k = next((k for k, (a, b) in enumerate(zip(ref, ours[i])) if a != b), None)
+        if k is None:
+            continue
+        top2 = logits[k].topk(2).values
+        assert top2[0] - top2[1] <= NEAR_TIE, (f"{lm.name} prompt {i}: step {k} differs ({ours[i][k]} vs "
+                                               f"{ref[k]}) with a top-two gap of {top2[0] - top2[1]:.2e}")
+        near_ties += 1
+    print(f"{lm.name}: {len(ids)} prompts x {NEW} tokens, near-tie divergences: {near_ties}")
+
+
+def test_prefill_logits_match_forward(lm):
+    ids = _prompts(lm)
+    fam = families.get(lm.family)
+    with torch.inference_mode():
+        ref = torch.stack([lm.model(torch.tensor([s])).logits[0, -1].float() for s in ids])
+        _, plain = fam.prefill(lm.model, ids)
+        prefix, _ = fam.prefill(lm.model, [ids[0][:PREFIX]])
+        _, cached = fam.prefill(lm.model, [s[PREFIX:] for s in ids], prefix)
+    scale = ref.abs().max()
+    assert (plain - ref).abs().max() <= 1e-4 * scale
+    assert (cached - ref).abs().max() <= 1e-4 * scale
+
+
+def test_batch_composition_and_prefix_cache_do_not_change_outputs(lm):
+    ids = _prompts(lm)
+    base = _engine_tokens(lm, ids)
+    perm = torch.randperm(len(ids), generator=torch.Generator().manual_seed(2)).tolist()
+    shuffled = _engine_tokens(lm, [ids[i] for i in perm], batch_size=2)
+    assert [shuffled[perm.index(i)] for i in range(len(ids))] == base
+    assert _engine_tokens(lm, ids, batch_size=1) == base
+    assert _engine_tokens(lm, ids, share_prefix=False) == base
+
+
+def test_text_seam_reports_engine_info(lm):
+    tok = lm.tokenizer
+    prompts = ["The cat sat on the mat. The dog sat on the log. Q: who sat on the mat?\nA:",
+               "The cat sat on the mat. The dog sat on the log. Q: where did the dog sit?\nA:"]
+    res = list(generate(lm, prompts, GenSettings(max_new_tokens=6, stop=("\n",), batch_size=2),
+                        engine="archbench"))
+    assert {c.index for r in res for c in r.completions} == {0, 1}
+    info = res[0].info
+    assert info["engine"] == "archbench" and info["kernel"] and info["prefix_cache_tokens"] >= 8
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    p = info["prefix_cache_tokens"]  # computed once, counted once (in the first batch)
+    assert sum(r.prefill_tokens for r in res) == p + sum(len(i) - p for i in ids)
+    for c in (c for r in res for c in r.completions):
+        assert "\n" not in c.text and c.new_tokens <= 6
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_finished_work(monkeypatch):
+    lm = load("tiny-gpt2")
+    ids = _prompts(lm)
+    base = _engine_tokens(lm, ids, batch_size=4)
+    fam = families.get(lm.family)
+    real, sizes = fam.prefill, []
+
+    def small_memory(model, seqs, state=None):
+        sizes.append(len(seqs))
+        if len(seqs) > 2 and state is not None:  # the batch prefill, not the prefix's
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, seqs, state)
+
+    monkeypatch.setattr(fam, "prefill", small_memory)
+    assert _engine_tokens(lm, ids, batch_size=4) == base
+    assert sizes[:3] == [1, 4, 2] and max(sizes[2:]) == 2
