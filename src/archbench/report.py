@@ -1,0 +1,353 @@
+"""Reports: report.md and one self-contained report.html, rendered from stored results only.
+
+Sources are study files (their store and plan), eval / fine-tune / bench run folders, or run ids. Eval
+numbers come from `evaluate.summarize` (means and spreads over trials in its `aggregates`), bench points
+and training logs from their store records; each table cell is formatted from one of those values, and
+the plots draw the very same values. The only numbers made here are differences between two stored
+values (fine-tuned minus base, later run minus earlier run), shown with their sign.
+Both files are built from one list of blocks, so they carry the same tables (HTML: report_html.py).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from archbench import plots, tables
+from archbench.evaluate import DEFAULT_DB, summarize
+from archbench.report_html import to_html
+from archbench.store import Store
+
+FAMILIES = ("transformer", "mamba", "mamba2", "rwkv")
+_PROTOCOL = ("data", "gold", "shots_from", "prompt_style", "max_new_tokens", "stop", "seed", "limit", "dtype")
+_BENCH_COLS = (("TTFT ms", "ttft_ms_median", ".1f"), ("prefill tok/s", "prefill_tok_s", ".0f"),
+               ("decode ms/tok", "decode_ms_median", ".2f"), ("decode tok/s", "decode_tok_s", ".1f"),
+               ("peak MB", "peak_mem_mb", ".0f"), ("state KB", "state_bytes", None))
+
+
+def render_report(*, sources: list[str], out: str = "runs/report", db: str = DEFAULT_DB) -> list[Path]:
+    """`archbench report`: resolve every source to stored runs and write OUT/report.md and OUT/report.html."""
+    refs = [ref for source in sources for ref in _resolve(source, db)]
+    return write_report(refs, Path(out))
+
+
+def write_report(refs: list[tuple[str, str]], out: Path) -> list[Path]:
+    """Write report.md, report.html and plots/*.png for runs given as (store path, run id) pairs."""
+    res = collect(refs)
+    figures = _figures(res)
+    blocks = build(res, figures)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    for name, _, png in figures:
+        (out / "plots" / f"{name}.png").write_bytes(png)
+    md, page = out / "report.md", out / "report.html"
+    md.write_text(to_markdown(blocks), encoding="utf-8")
+    page.write_text(to_html(blocks, res), encoding="utf-8")
+    return [md, page]
+
+
+# finding and reading stored runs ------------------------------------------------------------------
+def _resolve(source: str, db: str) -> list[tuple[str, str]]:
+    from archbench import study
+
+    path = Path(source)
+    if path.suffix in (".yaml", ".yml") or (not path.exists() and "/" not in source and _shipped(source)):
+        spec = study.load(source, need_env=False)
+        if not Path(study.db_path(spec)).exists():
+            raise FileNotFoundError(f"study {source!r} has no results yet: run `archbench run {source}` first")
+        return [(study.db_path(spec), f"study-{spec['name']}")]
+    if not Path(db).exists():
+        raise FileNotFoundError(f"--db {db}: no such store")
+    if path.is_dir():
+        with Store(db) as store:
+            run_id = _folder_run(store, path)
+        if run_id:
+            return [(db, run_id)]
+        raise FileNotFoundError(f"report source {source}: no run.json, finetune.json or bench.json with a run id")
+    with Store(db) as store:
+        if store.run(source) is not None:
+            return [(db, source)]
+    raise FileNotFoundError(f"report source {source!r}: not a study, a run folder, or a run id in {db}")
+
+
+def _shipped(name: str) -> bool:
+    from archbench import study
+
+    try:
+        return study.find(name) is not None
+    except FileNotFoundError:
+        return False
+
+
+def _folder_run(store: Store, folder: Path) -> str | None:
+    """The run id of an output folder: from its run.json / finetune.json / bench.json, else the last run whose
+    stored config names the folder as its `out`."""
+    for name in ("run.json", "finetune.json", "bench.json"):
+        if (folder / name).exists():
+            run_id = json.loads((folder / name).read_text()).get("run_id")
+            if run_id:
+                return run_id
+    found = [r["run_id"] for r in store.runs() if r["config"].get("out")
+             and Path(r["config"]["out"]).resolve() == folder.resolve()]
+    return found[-1] if found else None
+
+
+def collect(refs: list[tuple[str, str]]) -> dict:
+    """Everything the report shows, read from the stores: summaries, examples, points, logs, answers."""
+    res = {"title": None, "studies": [], "labels": {}, "untrained": set(), "evals": [], "examples": [],
+           "prompts": {}, "bench": [], "train": [], "answers": [], "runs": []}
+    for db, run_id in refs:
+        with Store(db) as store:
+            rows = store.db.execute("SELECT model, MAX(untrained) FROM models GROUP BY model").fetchall()
+            res["untrained"] |= {r[0] for r in rows if r[1]}
+            run = store.run(run_id)
+            if run is None:
+                raise ValueError(f"{db}: no run {run_id!r}")
+            if run["kind"] == "study":
+                _add_study(store, run, res)
+            else:
+                _add_run(store, run, run_id, res)
+    return res
+
+
+def _add_study(store: Store, run: dict, res: dict) -> None:
+    records = {r["key"]: r for r in store.records(run["run_id"], "study")}
+    spec, steps = records["config"], records.get("plan", {"stages": []})["stages"]
+    res["title"] = res["title"] or spec["report"].get("title") or f"archbench study {spec['name']}"
+    res["studies"].append(spec)
+    res["labels"].update({m["model"]: m["label"] for m in spec["models"]})
+    for ft in spec["finetune"]:
+        base = next(m for m in spec["models"] if ft["model"] in (m["model"], m["label"]))
+        res["labels"][f"{base['model']}+{ft['name']}"] = ft["label"]
+    for step in steps:
+        run_id = step["run_id"] or (_folder_run(store, Path(step["out"])) if step["out"] else None)
+        if run_id and store.run(run_id) is not None:
+            _add_run(store, store.run(run_id), step["group"], res)
+
+
+def _add_run(store: Store, run: dict, group: str, res: dict) -> None:
+    run_id, kind = run["run_id"], run["kind"]
+    res["runs"].append({"run_id": run_id, "kind": kind, "group": group, "config": run["config"], "env": run["env"]})
+    if kind == "eval":
+        res["evals"].append({"group": group, "run_id": run_id, "summary": summarize(store, run_id)})
+        for p in store.predictions(run_id):
+            index = res["prompts"].setdefault(p["prompt"], len(res["prompts"]))
+            res["examples"].append({"m": label(res, p["model"]), "k": p["shots"], "t": p["trial"], "g": group,
+                                    "id": p["example_id"], "p": index, "y": p["prediction"], "a": p["golds"],
+                                    "em": p["em"], "f1": p["f1"], "ok": int(p["em"] >= 1)})
+    elif kind == "bench":
+        res["bench"] += [{**p, "run_id": run_id} for p in store.records(run_id, "bench") if "context" in p]
+    elif kind == "finetune":
+        log = sorted(store.records(run_id, "train_log"), key=lambda e: e["step"])
+        result = next(iter(store.records(run_id, "finetune")), {})
+        res["train"].append({"run_id": run_id, "name": Path(run["config"].get("out", run_id)).name,
+                             "model": run["config"].get("model"), "log": log, "result": result})
+    elif kind == "ask":
+        res["answers"] += store.records(run_id, "answer")
+
+
+def label(res: dict, model: str) -> str:
+    """A model's display name (the study's label), marked when it is an untrained zoo model."""
+    return res["labels"].get(model, model) + (" (untrained)" if model in res["untrained"] else "")
+
+
+# tables ------------------------------------------------------------------------------------------
+def model_points(res: dict) -> list[dict]:
+    """One point per eval group x model x shot setting: the summary's aggregate plus model facts."""
+    points = []
+    for ev in res["evals"]:
+        s = ev["summary"]
+        meta = {r["model"]: r for r in s["results"]}
+        for a in s["aggregates"]:
+            m = meta[a["model"]]
+            points.append({"group": ev["group"], "run_id": ev["run_id"], "config": s["config"], "model": a["model"],
+                           "label": label(res, a["model"]), "family": m["family"], "params": m["params"],
+                           "untrained": a["model"] in res["untrained"], "adapter": m["adapter"],
+                           "n": m["n"], "shots": a["shots"], "agg": a,
+                           "f1": a["f1_mean"], "tok_s": a["gen_tok_s_mean"]})
+    return points
+
+
+def _cell(agg: dict, key: str, fmt: str) -> str:
+    mean = format(agg[f"{key}_mean"], fmt)
+    return mean if agg["trials"] == 1 else f"{mean} ± {format(agg[f'{key}_std'], fmt)}"
+
+
+def family_tables(points: list[dict]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Seed-style tables of one eval group, one per family: Model | params | k-shot EM | F1 | tok/s ..."""
+    shots = sorted({p["shots"] for p in points})
+    seed = any(str(p["config"].get("prompt_style", "")).startswith("seed") or p["config"].get("shots_from") == "seed"
+               for p in points)
+    header = ["Model", "params"]
+    for k in shots:
+        header += [f"{k}-shot seed acc", "EM", "F1", "tok/s"] if seed else [f"{k}-shot EM", "F1", "tok/s"]
+    out = []
+    for family in [f for f in FAMILIES if any(p["family"] == f for p in points)] + \
+            sorted({p["family"] for p in points} - set(FAMILIES)):
+        rows: dict[str, list[str]] = {}
+        for p in (p for p in points if p["family"] == family):
+            rows.setdefault(p["label"], [p["label"], tables._params(p["params"])] +
+                            ["-"] * (len(header) - 2))
+            at = 2 + shots.index(p["shots"]) * (4 if seed else 3)
+            cells = ([_cell(p["agg"], "seed_em", ".2f")] if seed else []) + \
+                [_cell(p["agg"], "em", ".2f"), _cell(p["agg"], "f1", ".2f"), _cell(p["agg"], "gen_tok_s", ".1f")]
+            rows[p["label"]][at:at + len(cells)] = cells
+        out.append((family, header, list(rows.values())))
+    return out
+
+
+def _signed(a: float, b: float) -> str:
+    return f"{b - a:+.2f}"
+
+
+def _same_protocol(p: dict, q: dict) -> bool:
+    return p["shots"] == q["shots"] and all(p["config"].get(k) == q["config"].get(k) for k in _PROTOCOL)
+
+
+def finetune_table(points: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Fine-tuned models against their base model under the same protocol and shot setting."""
+    header = ["Fine-tuned", "base", "eval", "shots", "base EM", "EM", "Δ EM", "base F1", "F1", "Δ F1"]
+    rows = []
+    for p in (p for p in points if p["adapter"]):
+        base = next((q for q in points if q["model"] == p["model"].split("+")[0] and _same_protocol(p, q)), None)
+        if base is None:
+            continue
+        a, b = base["agg"], p["agg"]
+        rows.append([p["label"], base["label"], p["group"], str(p["shots"]), _cell(a, "em", ".2f"),
+                     _cell(b, "em", ".2f"), _signed(a["em_mean"], b["em_mean"]), _cell(a, "f1", ".2f"),
+                     _cell(b, "f1", ".2f"), _signed(a["f1_mean"], b["f1_mean"])])
+    return header, rows
+
+
+def comparison_table(points: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """The same model and shot setting in two runs: each later run against the first (B − A)."""
+    header = ["Model", "shots", "run A", "run B", "EM A", "EM B", "Δ EM", "F1 A", "F1 B", "Δ F1"]
+    rows, first = [], {}
+    for p in points:
+        a = first.setdefault((p["model"], p["shots"]), p)
+        if a is p:
+            continue
+        rows.append([p["label"], str(p["shots"]), a["group"], p["group"], _cell(a["agg"], "em", ".2f"),
+                     _cell(p["agg"], "em", ".2f"), _signed(a["agg"]["em_mean"], p["agg"]["em_mean"]),
+                     _cell(a["agg"], "f1", ".2f"), _cell(p["agg"], "f1", ".2f"),
+                     _signed(a["agg"]["f1_mean"], p["agg"]["f1_mean"])])
+    return header, rows
+
+
+def bench_points(res: dict) -> list[dict]:
+    return [{**p, "label": label(res, p["model"]), "untrained": p["model"] in res["untrained"] or
+             bool(p.get("untrained"))} for p in res["bench"]]
+
+
+def bench_table(points: list[dict]) -> tuple[list[str], list[list[str]]]:
+    header = ["Model", "family", "context", "batch", "status"] + [c[0] for c in _BENCH_COLS]
+    rows = []
+    for p in sorted(points, key=lambda p: (p["label"], p["context"], p["batch"])):
+        cells = []
+        for _, key, fmt in _BENCH_COLS:
+            value = p.get(key)
+            cells.append("-" if value is None else format(value / 1024, ".1f") if fmt is None else format(value, fmt))
+        rows.append([p["label"], p.get("family", "?"), str(p["context"]), str(p["batch"]), p.get("status", "?"),
+                     *cells])
+    return header, rows
+
+
+def train_table(res: dict) -> tuple[list[str], list[list[str]]]:
+    header = ["Fine-tune", "base", "rows", "steps", "first loss", "final loss", "trainable params", "wall s"]
+    rows = []
+    for t in res["train"]:
+        r = t["result"]
+        rows.append([t["name"], label(res, t["model"] or "?"), str(r.get("rows", "-")), str(r.get("steps", "-")),
+                     format(r["first_loss"], ".3f") if "first_loss" in r else "-",
+                     format(r["final_loss"], ".3f") if "final_loss" in r else "-",
+                     str(r.get("trainable_params", "-")), format(r["wall_s"], ".0f") if "wall_s" in r else "-"])
+    return header, rows
+
+
+# the document: blocks rendered to Markdown and HTML -------------------------------------------------
+def _figures(res: dict) -> list[tuple[str, str, bytes]]:
+    points = model_points(res)
+    train = [{"label": t["name"], "steps": [e["step"] for e in t["log"] if "loss" in e],
+              "losses": [e["loss"] for e in t["log"] if "loss" in e]} for t in res["train"]]
+    made = [("accuracy_vs_params", "SQuAD F1 vs parameters, by family", plots.accuracy_vs_params(points)),
+            ("speed_vs_params", "Generated tokens/s vs parameters", plots.speed_vs_params(points)),
+            ("bench_vs_context", "Decode latency and peak memory vs context length",
+             plots.bench_vs_context(bench_points(res))),
+            ("loss_curves", "Fine-tuning loss", plots.loss_curves(train))]
+    return [(name, title, png) for name, title, png in made if png]
+
+
+_LEGEND = ("EM/F1: official SQuAD v1.1 scores over all gold answers (0-1). tok/s: generated tokens per second of "
+           "generation (prefill + decode). seed acc: the seed study's strict single-answer match. With several "
+           "trials a cell is mean ± standard deviation over trials. Models marked (untrained) are random-init zoo "
+           "checkpoints: their numbers only show that the pipeline runs.")
+
+
+def build(res: dict, figures: list) -> list[tuple]:
+    """The report as blocks: ("h1"|"h2"|"h3"|"p", text), ("table", header, rows), ("code", text), ("plot", ...)."""
+    title = res["title"] or "archbench report"
+    blocks: list[tuple] = [("h1", title)]
+    for spec in res["studies"]:
+        blocks.append(("p", spec.get("description") or ""))
+    blocks.append(("p", _LEGEND))
+    points = model_points(res)
+    groups = list(dict.fromkeys(p["group"] for p in points))
+    for group in groups:
+        ps = [p for p in points if p["group"] == group]
+        c = ps[0]["config"]
+        blocks += [("h2", f"SQuAD: {group}"),
+                   ("p", (f"data {c.get('data')}, {max(p['n'] for p in ps)} questions, prompt style "
+                         f"{', '.join(sorted({str(p['config'].get('prompt_style')) for p in ps}))}, shots from "
+                         f"{c.get('shots_from')}, up to {c.get('max_new_tokens')} new tokens, stop {c.get('stop')}."))]
+        for family, header, rows in family_tables(ps):
+            blocks += [("h3", family), ("table", header, rows)]
+    for heading, (header, rows) in (("Base vs fine-tuned", finetune_table(points)),
+                                    ("Same model, two runs (B − A)", comparison_table(points)),
+                                    ("Fine-tuning runs", train_table(res)),
+                                    ("Efficiency sweep", bench_table(bench_points(res)))):
+        if rows:
+            blocks += [("h2", heading), ("table", header, rows)]
+    if figures:
+        blocks.append(("h2", "Plots"))
+        blocks += [("plot", name, title, png) for name, title, png in figures]
+    if res["answers"]:
+        rows = [[label(res, a["model"]), str(a["shots"]), a["question"], a["answer"][:300] or "(empty)"]
+                for a in res["answers"]]
+        blocks += [("h2", "Free-form answers"), ("table", ["Model", "shots", "question", "answer"], rows)]
+    blocks += _provenance(res)
+    return blocks
+
+
+def _provenance(res: dict) -> list[tuple]:
+    blocks: list[tuple] = [("h2", "Environment")]
+    envs: dict[str, list[str]] = {}
+    for r in res["runs"]:
+        envs.setdefault(json.dumps(r["env"], indent=1, sort_keys=True), []).append(r["run_id"])
+    for env, run_ids in envs.items():
+        blocks += [("p", "runs: " + ", ".join(run_ids)), ("code", env)]
+    blocks.append(("h2", "Commands and config"))
+    for spec in res["studies"]:
+        blocks += [("p", f"study {spec['name']}:"), ("code", f"archbench run {spec['path']}"), ("code", spec["text"])]
+    lines = [json.dumps({"run_id": r["run_id"], "kind": r["kind"], "config": r["config"]}) for r in res["runs"]]
+    if lines:
+        blocks += [("p", "The stored config of every run in this report:"), ("code", "\n".join(lines))]
+    return blocks
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(blocks: list[tuple]) -> str:
+    parts = []
+    for b in blocks:
+        if b[0] in ("h1", "h2", "h3"):
+            parts.append("#" * int(b[0][1]) + " " + b[1])
+        elif b[0] == "p":
+            parts.append(b[1])
+        elif b[0] == "table":
+            parts.append(tables.markdown([_md_cell(h) for h in b[1]], [[_md_cell(c) for c in r] for r in b[2]]))
+        elif b[0] == "code":
+            fence = "````" if "```" in b[1] else "```"
+            parts.append(f"{fence}\n{b[1]}\n{fence}")
+        elif b[0] == "plot":
+            parts.append(f"![{b[2]}](plots/{b[1]}.png)")
+    return "\n\n".join(p for p in parts if p) + "\n"

@@ -1,0 +1,175 @@
+"""Study files: every shipped study validates, bad files fail with file/key/reason, the dry run lists the
+plan offline and writes nothing, and a tiny study runs, stores, reports and then skips what is done."""
+import json
+from importlib import resources
+
+import pytest
+from typer.testing import CliRunner
+
+from archbench import study
+from archbench.cli import app
+from archbench.demo import run_demo
+from archbench.store import Store
+
+SHIPPED = sorted(p.name for p in (resources.files("archbench") / "studies").iterdir() if p.name.endswith(".yaml"))
+ROWS = [{"id": f"q{i}", "context": f"Item {i} was built in {1800 + i} by Ann Lee.",
+         "question": f"When was item {i} built?",
+         "answers": {"text": [str(1800 + i)], "answer_start": [0]}} for i in range(3)]
+POOL = [{"id": f"p{i}", "context": f"Tower {i} is {10 * i} metres tall.", "question": f"How tall is tower {i}?",
+         "answers": {"text": [f"{10 * i} metres"], "answer_start": [0]}} for i in range(4)]
+
+
+@pytest.fixture()
+def env(monkeypatch, tmp_path):
+    monkeypatch.setenv("ARCHBENCH_DATA", str(tmp_path / "squad"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("SQUAD_TRAIN", raising=False)
+    return tmp_path
+
+
+def write(path, text):
+    path.write_text(text)
+    return str(path)
+
+
+def tiny_study(tmp_path, extra="", evals=""):
+    data = tmp_path / "dev.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    (tmp_path / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in POOL))
+    return write(tmp_path / "tiny.yaml", f"""
+name: tiny
+out: {tmp_path / "out"}
+data: {{eval: {data}, shots_from: {tmp_path / "pool.jsonl"}}}
+models:
+  - {{model: tiny-gpt2, label: Tiny GPT-2, family: transformer}}
+  - {{model: tiny-mamba, family: mamba}}
+ask:
+  - {{question: "Who is Albert Einstein?", max_new_tokens: 3}}
+evals:
+  - {{name: squad, shots: [0, 1], limit: 2, max_new_tokens: 3, batch_size: 2}}
+{evals}{extra}""")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_study_validates(env, name):
+    spec = study.load(name.removesuffix(".yaml"))
+    stages = study.plan(spec)
+    assert stages and len({s.name for s in stages}) == len(stages)
+    assert all(s.call.get("data", "").startswith(str(env / "squad")) for s in stages if s.kind == "eval")
+
+
+def test_seed_study_plan(env):
+    spec = study.load("seed")
+    stages = study.plan(spec)
+    assert len(spec["models"]) == 7
+    evals = [s for s in stages if s.kind == "eval"]
+    assert {tuple(s.call["shots"]) for s in evals} == {(0, 3)}
+    assert {s.call["prompt_style"] for s in evals if s.group == "seed-protocol"} == \
+        {"seed-mamba", "seed-rwkv", "seed-transformer"}
+    assert all(s.call["shots_from"] == "seed" for s in evals if s.group == "seed-protocol")
+    fts = [s for s in stages if s.kind == "finetune"]
+    assert [s.call["model"] for s in fts] == ["gpt2", "state-spaces/mamba-130m-hf"]
+    tuned = [s for s in evals if s.call["adapter"]]
+    assert {s.model for s in tuned} == {"gpt2+gpt2-lora", "state-spaces/mamba-130m-hf+mamba-130m-lora"}
+    assert min(stages.index(s) for s in tuned) > max(stages.index(s) for s in fts)
+
+
+def test_seed_dry_run_lists_the_plan_offline_and_writes_nothing(env, monkeypatch):
+    monkeypatch.chdir(env)
+    result = CliRunner().invoke(app, ["run", "seed", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    for name in ("eval:seed-protocol:Mamba-130M", "eval:archbench:GPT-Neo-2.7B", "finetune:gpt2-lora",
+                 "finetune:mamba-130m-lora", "eval:archbench:mamba-130m-lora", "bench:sweep", "ask:3"):
+        assert f"[to do] {name}:" in result.output
+    assert not (env / "runs").exists()
+
+
+@pytest.mark.parametrize("text, key, reason", [
+    ("name: x\nout: o\nmodels: []\n", "data", "required key is missing"),
+    ("name: x\nout: o\ndata: {eval: d}\nmodels: [{model: m, family: lstm}]\n", "models[0].family", "unknown family"),
+    ("name: x\nout: o\ndata: {eval: d}\nmodels: [{model: m, family: rwkv}]\nevals: [{name: e, shots: [0, 3]}]\n",
+     "evals[0].shots_from", "few-shot settings need a shot pool"),
+    ("name: x\nout: o\ndata: {eval: d}\nmodels: [{model: m, family: rwkv}]\nevals: [{name: e, models: [z]}]\n",
+     "evals[0].models", "'z' is not a model of the study"),
+    ("name: x\nout: o\ndata: {eval: d}\nmodels: [{model: m, family: rwkv}]\nevals: [{name: e, trials: two}]\n",
+     "evals[0].trials", "expected int, got 'two'"),
+    (("name: x\nout: o\ndata: {eval: d}\nmodels: [{model: m, family: rwkv}]\nbench: [{name: b, models: [m], "
+     "contexts: [128], batch: [1]}]\n"), "bench[0].batch", "unknown key"),
+    ("name: x\nout: o\ndata: {eval: '${NO_SUCH_VAR_AB}/a'}\nmodels: [{model: m, family: rwkv}]\n",
+     "data.eval", "environment variable NO_SUCH_VAR_AB is not set"),
+    (("name: x\nout: o\ndata: {eval: d}\nmodels: [{model: m, family: rwkv}]\n"
+     "finetune: [{name: f, model: m, train: t, args: {lora_rank: 4}}]\n"), "finetune[0].args.lora_rank",
+     "not a fine-tuning option"),
+    ("name: [x\n", "not valid YAML", ""),
+])
+def test_bad_study_names_file_key_and_reason(tmp_path, text, key, reason):
+    path = write(tmp_path / "bad.yaml", text)
+    with pytest.raises(study.StudyError) as err:
+        study.load(path)
+    assert str(err.value).startswith(f"{path}: ") and key in str(err.value) and reason in str(err.value)
+    result = CliRunner().invoke(app, ["run", path, "--dry-run"])
+    assert result.exit_code == 2 and key in result.output
+
+
+def test_missing_study_lists_shipped_ones():
+    result = CliRunner().invoke(app, ["run", "nosuchstudy"])
+    assert result.exit_code == 2 and "demo, seed" in result.output
+
+
+def test_tiny_study_runs_reports_and_skips_finished_stages(tmp_path):
+    path = tiny_study(tmp_path)
+    lines = []
+    result = study.run_study(study=path, echo=lines.append)
+    assert [s.name for s in result["stages"]] == ["ask:1", "eval:squad:Tiny-GPT-2", "eval:squad:tiny-mamba"]
+    assert sum(line.startswith("== ") for line in lines) == 3
+    with Store(tmp_path / "out" / "archbench.sqlite") as store:
+        assert {a["model"] for a in store.records("tiny-ask-1", "answer")} == {"tiny-gpt2", "tiny-mamba"}
+        (plan,) = [r for r in store.records("study-tiny", "study") if r["key"] == "plan"]
+        assert all(s["done"] for s in plan["stages"])
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| Tiny GPT-2 (untrained) |" in md and "| tiny-mamba (untrained) |" in md
+    assert "archbench run " + path in md and "1-shot EM" in md
+    assert '<img class="plot"' in (tmp_path / "out" / "report.html").read_text()
+
+    lines.clear()
+    study.run_study(study=path, echo=lines.append)  # everything is stored: nothing runs again
+    assert not any(line.startswith("== ") for line in lines)
+    assert sum("[done]" in line for line in lines) == 3
+
+    lines.clear()
+    study.run_study(study=path, dry_run=True, only=["eval:squad:tiny-mamba"], echo=lines.append)
+    assert any(line.startswith("   [done] eval:squad:tiny-mamba") for line in lines)
+    assert any(line.startswith(" - [done] ask:1") for line in lines)
+
+    result = CliRunner().invoke(app, ["report", path, "--out", str(tmp_path / "again")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "again" / "report.md").read_text() == md
+
+    changed = tmp_path / "tiny.yaml"
+    changed.write_text(changed.read_text().replace("max_new_tokens: 3, batch_size", "max_new_tokens: 4, batch_size"))
+    lines.clear()
+    study.run_study(study=path, dry_run=True, echo=lines.append)
+    assert sum("[settings changed (max_new_tokens): remove " in line for line in lines) == 2
+
+
+def test_only_checks_names_and_fine_tune_order(tmp_path):
+    path = tiny_study(tmp_path, extra=f"""finetune:
+  - {{name: lora, model: tiny-gpt2, train: {tmp_path / "pool.jsonl"}, args: {{max_steps: 1}}}}
+  - {{name: other, model: tiny-gpt2, train: {tmp_path / "pool.jsonl"}}}
+""", evals="  - {name: tuned, models: [lora], limit: 1}\n")
+    spec = study.load(path)
+    assert [s.name for s in study.plan(spec)][-3:] == ["finetune:lora", "finetune:other", "eval:tuned:lora"]
+    with pytest.raises(study.StudyError, match="--only nope: no such stage"):
+        study.run_study(study=path, only=["nope"], echo=lambda line: None)
+    with pytest.raises(study.StudyError, match="eval:tuned:lora needs finetune:lora to finish first"):
+        study.run_study(study=path, only=["eval:tuned"], echo=lambda line: None)
+
+
+def test_demo_is_the_shipped_demo_study(env, monkeypatch):
+    monkeypatch.delenv("ARCHBENCH_DATA")
+    monkeypatch.chdir(env)
+    assert study.load("demo", need_env=False)["data"]["eval"] == "${ARCHBENCH_DATA}/seed_eval_100.jsonl"
+    with pytest.raises(study.StudyError, match="data.eval: environment variable ARCHBENCH_DATA is not set"):
+        run_demo(out=str(env / "demo"), dry_run=True)
+    report = run_demo(out=str(env / "demo"), data_dir=str(env / "squad"), dry_run=True)
+    assert report == env / "demo" / "report.md" and not (env / "demo").exists()
