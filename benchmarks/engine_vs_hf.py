@@ -26,7 +26,7 @@ DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "squad"
 
 
 def workload(data: Path, n: int, shots: int, seed: int) -> list[str]:
-    examples = load_examples(str(data / "squad_val_1k.jsonl"), limit=n)
+    examples = load_examples(str(data / "seed_eval_100.jsonl"), limit=n)
     pool = load_pool(str(data / "squad_v1.1_train_8k.jsonl"))
     drawn = prompts.draw_shots(pool, shots, seed, {e.id for e in examples})
     style = prompts.load_style("default")
