@@ -20,7 +20,7 @@ import torch
 from archbench import families, prompts, roofline
 from archbench.data import load_examples, load_pool
 from archbench.generation import GenSettings, generate
-from archbench.loading import load
+from archbench.loading import DTYPES, load
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "squad"
 
@@ -68,13 +68,17 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=1, help="timed hf/archbench pairs per model")
     ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the engine's decode step (CUDA)")
     args = ap.parse_args()
     texts = workload(args.data, args.n, args.shots, seed=0)
-    settings = GenSettings(max_new_tokens=32, stop=("\n",), batch_size=args.batch_size)
-    mm, bw = roofline.matmul_flops("cpu"), roofline.mem_bandwidth("cpu")
-    print(f"machine: fp32 matmul {mm / 1e9:.1f} GFLOP/s, copy {bw / 1e9:.1f} GB/s, {torch.get_num_threads()} threads")
+    settings = GenSettings(max_new_tokens=32, stop=("\n",), batch_size=args.batch_size, compile=args.compile)
+    mm, bw = roofline.matmul_flops(args.device, DTYPES[args.dtype]), roofline.mem_bandwidth(args.device)
+    print(f"machine: {args.device} {args.dtype} matmul {mm / 1e9:.1f} GFLOP/s, copy {bw / 1e9:.1f} GB/s, "
+          f"{torch.get_num_threads()} threads, compile={args.compile}")
     for name in args.models:
-        lm = load(name)
+        lm = load(name, device=args.device, dtype=args.dtype)
         ids = [lm.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         shp, state = roofline.shape(lm.model, lm.family), per_row_state_bytes(lm)
         for engine in ("hf", "archbench"):  # warm-up: one-time library and allocator costs
@@ -96,7 +100,8 @@ def main() -> None:
               f"speed-up x{hf_s / ours_s:.2f}")
         for engine, res in out.items():
             pf, db = roof(lm, res, ids, shp, state)
-            print(f"  {engine:9s} prefill {sum(r.prefill_s for r in res):7.2f} s {pf / 1e9:7.1f} GFLOP/s "
+            tok_s = sum(c.new_tokens for r in res for c in r.completions) / sum(r.prefill_s + r.decode_s for r in res)
+            print(f"  {engine:9s} {tok_s:8.1f} gen tok/s | prefill {sum(r.prefill_s for r in res):7.2f} s {pf / 1e9:7.1f} GFLOP/s "
                   f"({100 * pf / mm:5.1f}% of matmul) | decode {sum(r.decode_s for r in res):6.2f} s "
                   f"{db / 1e9:6.2f} GB/s ({100 * db / bw:5.1f}% of copy)")
 

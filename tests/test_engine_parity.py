@@ -5,6 +5,7 @@
   logits are within NEAR_TIE (random models have near-tied logits), and such steps are counted and printed;
 - prefill logits (with and without a shared prefix state) match transformers' forward pass;
 - batch composition (order, batch size) and the prefix cache never change an example's output.
+ARCHBENCH_TEST_DEVICE=cuda runs the same checks on a GPU (benchmarks/gpu_check.sh does).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from archbench.loading import load  # noqa: E402
 
 MODELS = ["tiny-gpt2", "tiny-gpt-neo", "tiny-llama", "tiny-mamba", "tiny-mamba2", "tiny-rwkv"]
 NEAR_TIE = 1e-4
+DEVICE = os.environ.get("ARCHBENCH_TEST_DEVICE", "cpu")
 NEW = 10
 LENGTHS = (7, 31, 18, 44, 25)  # suffix lengths after a shared 40-token prefix; gpt-neo adds a long one
 PREFIX = 40
@@ -28,7 +30,7 @@ PREFIX = 40
 
 @pytest.fixture(scope="module", params=MODELS)
 def lm(request):
-    return load(request.param)
+    return load(request.param, device=DEVICE)
 
 
 def _prompts(lm) -> list[list[int]]:
@@ -53,7 +55,8 @@ def _engine_tokens(lm, ids, batch_size=8, share_prefix=True) -> list[list[int]]:
 def _reference(lm, ids) -> tuple[list[int], torch.Tensor]:
     """transformers' greedy tokens for one prompt and the logits of every step (NEW, V)."""
     with torch.inference_mode():
-        out = lm.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        out = lm.model.generate(torch.tensor([ids], device=lm.device),
+                                attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=lm.device),
                                 do_sample=False, max_new_tokens=NEW, min_new_tokens=NEW,
                                 pad_token_id=lm.tokenizer.pad_token_id, output_logits=True,
                                 return_dict_in_generate=True, temperature=None, top_p=None, top_k=None)
@@ -80,7 +83,7 @@ def test_prefill_logits_match_forward(lm):
     ids = _prompts(lm)
     fam = families.get(lm.family)
     with torch.inference_mode():
-        ref = torch.stack([lm.model(torch.tensor([s])).logits[0, -1].float() for s in ids])
+        ref = torch.stack([lm.model(torch.tensor([s], device=lm.device)).logits[0, -1].float() for s in ids])
         _, plain = fam.prefill(lm.model, ids)
         prefix, _ = fam.prefill(lm.model, [ids[0][:PREFIX]])
         _, cached = fam.prefill(lm.model, [s[PREFIX:] for s in ids], prefix)
@@ -116,7 +119,7 @@ def test_text_seam_reports_engine_info(lm):
 
 
 def test_out_of_memory_halves_the_batch_and_keeps_finished_work(monkeypatch):
-    lm = load("tiny-gpt2")
+    lm = load("tiny-gpt2", device=DEVICE)
     ids = _prompts(lm)
     base = _engine_tokens(lm, ids, batch_size=4)
     fam = families.get(lm.family)

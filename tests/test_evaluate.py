@@ -90,6 +90,7 @@ def test_three_families_together(data_dir, tmp_path):
     assert {(r["family"], r["shots"]) for r in summary["results"]} == {
         (f, k) for f in ("mamba", "rwkv", "transformer") for k in (0, 3)}
     assert all(r["n"] == 4 for r in summary["results"])
+    assert [r["model"] for r in summary["results"] if r["shots"] == 0] == ["tiny-mamba", "tiny-rwkv", "tiny-gpt2"]
 
 
 def cli(*args):

@@ -56,7 +56,8 @@ def store_db(tmp_path):
             store.add_model(run_id, _lm(model))
             rows = [{"id": f"q{i}", "shots_used": shots, "context_truncated": False, "prompt_tokens": 50,
                      "new_tokens": new // len(scores), "prompt": f"Context: c{i}\nQuestion: q{i} <i>?\nAnswer:",
-                     "prediction": NASTY if i == 0 else f"answer {i}", "raw": f"answer {i}",
+                     "prediction": NASTY if i == 0 else "" if (shots, i) == (3, 3) else f"answer {i}",
+                     "raw": f"answer {i}",
                      "golds": [f"gold {i}", "a & b"], "em": em, "f1": f1, "seed_em": em, "contains": em}
                     for i, (em, f1) in enumerate(scores)]
             store.add_batch(run_id, model, shots, trial, rows, {
@@ -127,25 +128,28 @@ def expected_cell(run_id, model, shots, key):
     for (r, m, k, _), (scores, (new, pre, dec)) in CELLS.items():
         if (r, m, k) == (run_id, model, shots):
             per_trial.append({"em": statistics.fmean(s[0] for s in scores),
-                              "f1": statistics.fmean(s[1] for s in scores), "tok/s": new / (pre + dec)}[key])
-    fmt = ".1f" if key == "tok/s" else ".2f"
+                              "f1": statistics.fmean(s[1] for s in scores), "tok/s": new / (pre + dec),
+                              "empty": int(shots == 3)}[key])  # the fixture empties row 3 of 3-shot trials
+    fmt = ".1f" if key in ("tok/s", "empty") else ".2f"
     mean = format(statistics.fmean(per_trial), fmt)
-    return mean if len(per_trial) == 1 else f"{mean} ± {format(statistics.stdev(per_trial), fmt)}"
+    cell = mean if len(per_trial) == 1 else f"{mean} ± {format(statistics.stdev(per_trial), fmt)}"
+    return cell + ("/4" if key == "empty" else "")
 
 
 def test_every_seed_table_cell_traces_to_stored_rows(report):
     tables = md_tables(report[".md"].read_text())
     seed_style = [t for t in tables if t[0][:2] == ["Model", "params"]]
     transformer = next(t for t in seed_style if any(r[0] == "tiny-gpt2 (untrained)" for r in t))
-    assert transformer[0] == ["Model", "params", "0-shot EM", "F1", "tok/s", "3-shot EM", "F1", "tok/s"]
+    assert transformer[0] == ["Model", "params", "0-shot EM", "F1", "tok/s", "empty", "3-shot EM", "F1", "tok/s",
+                              "empty"]
     for row in transformer[1:]:
         model = {"tiny-gpt2 (untrained)": "tiny-gpt2", "smollm2-135m": "smollm2-135m"}[row[0]]
-        want = [expected_cell("e1", model, k, key) for k in (0, 3) for key in ("em", "f1", "tok/s")]
+        want = [expected_cell("e1", model, k, key) for k in (0, 3) for key in ("em", "f1", "tok/s", "empty")]
         assert row[2:] == want, row
     assert {r[0]: r[1] for r in transformer[1:]} == {"tiny-gpt2 (untrained)": "6.4M", "smollm2-135m": "134.5M"}
     mamba = next(t for t in seed_style if t[1][0] == "tiny-mamba (untrained)")
-    assert mamba[1][2:5] == [expected_cell("e1", "tiny-mamba", 0, k) for k in ("em", "f1", "tok/s")]
-    assert mamba[1][5:] == ["-", "-", "-"]
+    assert mamba[1][2:6] == [expected_cell("e1", "tiny-mamba", 0, k) for k in ("em", "f1", "tok/s", "empty")]
+    assert mamba[1][6:] == ["-", "-", "-", "-"]
 
 
 def test_fine_tuned_and_repeated_runs_show_signed_differences(report):

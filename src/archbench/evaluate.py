@@ -100,7 +100,8 @@ def summarize(store: Store, run_id: str) -> dict:
             "wall_s": wall_s, "batches": len(batches),
             "engine": info.get("engine"), "kernel": info.get("kernel"),
         })
-    results.sort(key=lambda r: (list(models).index(r["model"]) if r["model"] in models else 0, r["shots"], r["trial"]))
+    order = list(models)  # the order the models were evaluated in
+    results.sort(key=lambda r: (order.index(r["model"]) if r["model"] in order else len(order), r["shots"], r["trial"]))
     return {"run_id": run_id, "env": run["env"], "config": run["config"], "results": results,
             "aggregates": aggregate(results)}
 

@@ -48,6 +48,12 @@ from archbench.store import Store
 from archbench.trackers import environment
 
 IGNORE = -100  # label of a token that carries no loss
+# every setting but model, train and out, with `archbench finetune`'s defaults (studies override some)
+DEFAULTS = {"prompt_style": "default", "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "target_modules": None,
+            "epochs": 1.0, "max_steps": None, "lr": 2e-4, "batch_size": 8, "grad_accum": 1, "max_length": 1024,
+            "schedule": "cosine", "warmup_steps": 10, "max_grad_norm": 1.0, "loss_on": "answer", "limit": None,
+            "eval_every": 0, "eval_data": None, "eval_limit": 20, "save_every": 20, "resume": False,
+            "merge": False, "seed": 1234, "device": None, "db": "runs/archbench.sqlite"}
 MAMBA_REFUSED = {"out_proj", "conv1d"}  # peft >= 0.21 refuses these on Mamba-family models
 # settings a resumed run must share with its checkpoint (the others only change logging and outputs)
 _RESUME_KEYS = ("model", "train", "prompt_style", "lora_r", "lora_alpha", "lora_dropout", "target_modules",
@@ -255,6 +261,7 @@ def run(**cfg) -> tuple[torch.nn.Module, dict]:
     from transformers import get_scheduler
 
     t_start = time.perf_counter()
+    cfg = {**DEFAULTS, **cfg}
     _check_settings(cfg)
     out = Path(cfg["out"])
     cpu = cfg["device"] == "cpu" or not torch.cuda.is_available()

@@ -172,13 +172,14 @@ def _cell(agg: dict, key: str, fmt: str) -> str:
 
 
 def family_tables(points: list[dict]) -> list[tuple[str, list[str], list[list[str]]]]:
-    """Seed-style tables of one eval group, one per family: Model | params | k-shot EM | F1 | tok/s ..."""
+    """Seed-style tables of one eval group, one per family: Model | params | k-shot EM | F1 | tok/s | empty ...
+    (empty: answers that are empty after the stop cut, e.g. an instruct model ending its turn at once)"""
     shots = sorted({p["shots"] for p in points})
     seed = any(str(p["config"].get("prompt_style", "")).startswith("seed") or p["config"].get("shots_from") == "seed"
                for p in points)
     header = ["Model", "params"]
     for k in shots:
-        header += [f"{k}-shot seed acc", "EM", "F1", "tok/s"] if seed else [f"{k}-shot EM", "F1", "tok/s"]
+        header += ([f"{k}-shot seed acc", "EM"] if seed else [f"{k}-shot EM"]) + ["F1", "tok/s", "empty"]
     out = []
     for family in [f for f in FAMILIES if any(p["family"] == f for p in points)] + \
             sorted({p["family"] for p in points} - set(FAMILIES)):
@@ -186,9 +187,10 @@ def family_tables(points: list[dict]) -> list[tuple[str, list[str], list[list[st
         for p in (p for p in points if p["family"] == family):
             rows.setdefault(p["label"], [p["label"], tables._params(p["params"])] +
                             ["-"] * (len(header) - 2))
-            at = 2 + shots.index(p["shots"]) * (4 if seed else 3)
+            at = 2 + shots.index(p["shots"]) * (5 if seed else 4)
             cells = ([_cell(p["agg"], "seed_em", ".2f")] if seed else []) + \
-                [_cell(p["agg"], "em", ".2f"), _cell(p["agg"], "f1", ".2f"), _cell(p["agg"], "gen_tok_s", ".1f")]
+                [_cell(p["agg"], "em", ".2f"), _cell(p["agg"], "f1", ".2f"), _cell(p["agg"], "gen_tok_s", ".1f"),
+                 f"{_cell(p['agg'], 'empty', '.1f')}/{p['n']}"]
             rows[p["label"]][at:at + len(cells)] = cells
         out.append((family, header, list(rows.values())))
     return out

@@ -72,7 +72,7 @@ class Store:
                             (run_id, lm.name, lm.family, lm.params, int(lm.untrained), lm.source, lm.adapter))
 
     def models(self, run_id: str) -> dict[str, dict]:
-        rows = self.db.execute("SELECT * FROM models WHERE run_id=?", (run_id,)).fetchall()
+        rows = self.db.execute("SELECT * FROM models WHERE run_id=? ORDER BY rowid", (run_id,)).fetchall()
         return {r["model"]: dict(r) for r in rows}
 
     # predictions and batches -----------------------------------------------------------------

@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from archbench import families
+from archbench.finetune import DEFAULTS as _FINETUNE_DEFAULTS
 
 REQ = object()  # marks a required key
 _INT, _NUM, _STR = (int,), (int, float), (str,)
@@ -46,12 +47,7 @@ BENCH = {"name": (_STR, REQ), "models": ((list,), REQ), "contexts": ((list,), RE
          "new_tokens": (_INT, 64), "prompt_source": (_STR, "random"), "min_runs": (_INT, 3),
          "min_seconds": (_NUM, 1.0)}
 REPORT = {"title": (_STR, None), "out": (_STR, None)}
-# the fine-tuning options a study may set (`archbench finetune`'s defaults); the call passes all of them
-FINETUNE_ARGS = {"prompt_style": "default", "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "target_modules": None,
-                 "epochs": 1.0, "max_steps": None, "lr": 2e-4, "batch_size": 8, "grad_accum": 1, "max_length": 1024,
-                 "schedule": "cosine", "warmup_steps": 10, "max_grad_norm": 1.0, "loss_on": "answer", "limit": None,
-                 "eval_every": 0, "eval_data": None, "eval_limit": 20, "save_every": 20, "resume": False,
-                 "merge": False, "seed": 1234}
+FINETUNE_ARGS = sorted(set(_FINETUNE_DEFAULTS) - {"device", "db"})  # what a study's fine-tune `args` may set
 _ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -192,7 +188,7 @@ def _validate(spec: dict, fail) -> None:
             fail(f"{where}.train", "no training data: set it or data.train")
         for key in ft["args"]:
             if key not in FINETUNE_ARGS:
-                fail(f"{where}.args.{key}", f"not a fine-tuning option (known: {', '.join(sorted(FINETUNE_ARGS))})")
+                fail(f"{where}.args.{key}", f"not a fine-tuning option (known: {', '.join(FINETUNE_ARGS)})")
         if ft["name"] in seen:
             fail(f"{where}.name", f"{ft['name']!r} is already a model name or label")
     styles = list_styles()
@@ -277,7 +273,7 @@ def plan(spec: dict) -> list[Stage]:
             (tuned if ft else evals).append(stage)
     for ft in spec["finetune"]:
         base = _base(spec, ft["model"], "", None)
-        args = {**FINETUNE_ARGS, "seed": spec["seed"], "resume": True, **ft["args"]}  # a rerun continues
+        args = {"seed": spec["seed"], "resume": True, **ft["args"]}  # a rerun continues; finetune fills the rest
         call = {"model": base["model"], "train": ft["train"] or data["train"],
                 "out": str(out / "finetune" / ft["name"]), "device": spec["device"], "db": db, **args}
         options = ", ".join(f"{k}={v}" for k, v in ft["args"].items())
