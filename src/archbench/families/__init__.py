@@ -33,6 +33,23 @@ def family_of(model_type: str) -> str:
     return _RECURRENT.get(model_type, "transformer")
 
 
+def prefill_by_length(seqs, state, fresh, run, select, cat, device):
+    """Prefill of a recurrent family without padding: rows of equal length run together, starting from the
+    batch-1 prefix `state` or from `fresh(n)`; `run(ids (n, T), start) -> (state, (n, V) logits)`.
+    Returns (state, (B, V) logits) with rows in the order of `seqs` (token lists or a (B, T) tensor)."""
+    import torch
+
+    seqs = seqs.tolist() if torch.is_tensor(seqs) else [list(s) for s in seqs]
+    states, logits = [None] * len(seqs), [None] * len(seqs)
+    for n in sorted({len(s) for s in seqs}):
+        rows = [i for i, s in enumerate(seqs) if len(s) == n]
+        start = select(state, torch.zeros(len(rows), dtype=torch.long)) if state else fresh(len(rows))
+        st, lg = run(torch.tensor([seqs[i] for i in rows], device=device), start)
+        for j, i in enumerate(rows):
+            states[i], logits[i] = select(st, torch.tensor([j])), lg[j]
+    return cat(states), torch.stack(logits)
+
+
 def get(name: str) -> ModuleType:
     """Import and return the family module `name`; an unknown name lists the valid ones."""
     if name not in _MODULES:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from archbench import families
+
 NAME = "mamba"
 MODEL_TYPES = frozenset({"mamba", "falcon_mamba"})
 PAD_SAFE = True  # transformers zeroes padded positions before the conv and the scan
@@ -121,18 +123,11 @@ def run_layers(model, ids: torch.Tensor, state: State, mix_fn) -> tuple[State, t
 
 
 def prefill_rows(model, seqs, state: State | None, empty, mix_fn) -> tuple[State, torch.Tensor]:
-    """Rows of equal length prefill together from `state` (batch 1, or `empty(model, n, device)`), so
-    padding never enters a state; shared with Mamba-2. Returns (state, (B, V) last logits)."""
-    seqs = seqs.tolist() if torch.is_tensor(seqs) else [list(s) for s in seqs]
+    """Equal-length rows prefill together from `state` (batch 1) or `empty(model, n, device)`, so padding
+    never enters a state; shared with Mamba-2. Returns (state, (B, V) last logits)."""
     dev = model.lm_head.weight.device
-    states, logits = [None] * len(seqs), [None] * len(seqs)
-    for n in sorted({len(s) for s in seqs}):
-        rows = [i for i, s in enumerate(seqs) if len(s) == n]
-        start = select(state, torch.zeros(len(rows), dtype=torch.long)) if state else empty(model, len(rows), dev)
-        st, lg = run_layers(model, torch.tensor([seqs[i] for i in rows], device=dev), start, mix_fn)
-        for j, i in enumerate(rows):
-            states[i], logits[i] = select(st, torch.tensor([j])), lg[j]
-    return cat(states), torch.stack(logits)
+    return families.prefill_by_length(seqs, state, lambda n: empty(model, n, dev),
+                                      lambda ids, start: run_layers(model, ids, start, mix_fn), select, cat, dev)
 
 
 def prefill(model, seqs, state: State | None = None) -> tuple[State, torch.Tensor]:

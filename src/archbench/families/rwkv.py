@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from archbench import families
+
 NAME = "rwkv"
 MODEL_TYPES = frozenset({"rwkv"})
 PAD_SAFE = False
@@ -110,16 +112,9 @@ def _empty(model, n: int, dev) -> State:
 def prefill(model, seqs, state: State | None = None) -> tuple[State, torch.Tensor]:
     """Prefill token lists (or a (B, T) tensor) after an optional batch-1 prefix `state`. Rows of equal
     length run together, so padding never enters a state. Returns (state, (B, V) last logits)."""
-    seqs = seqs.tolist() if torch.is_tensor(seqs) else [list(s) for s in seqs]
     dev = model.head.weight.device
-    states, logits = [None] * len(seqs), [None] * len(seqs)
-    for n in sorted({len(s) for s in seqs}):
-        rows = [i for i, s in enumerate(seqs) if len(s) == n]
-        start = select(state, torch.zeros(len(rows), dtype=torch.long)) if state else _empty(model, len(rows), dev)
-        st, lg = _run(model, torch.tensor([seqs[i] for i in rows], device=dev), start)
-        for j, i in enumerate(rows):
-            states[i], logits[i] = select(st, torch.tensor([j])), lg[j]
-    return cat(states), torch.stack(logits)
+    return families.prefill_by_length(seqs, state, lambda n: _empty(model, n, dev),
+                                      lambda ids, start: _run(model, ids, start), select, cat, dev)
 
 
 def step(model, tokens: torch.Tensor, state: State) -> tuple[State, torch.Tensor]:
