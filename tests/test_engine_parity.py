@@ -99,6 +99,7 @@ def test_batch_composition_and_prefix_cache_do_not_change_outputs(lm):
     shuffled = _engine_tokens(lm, [ids[i] for i in perm], batch_size=2)
     assert [shuffled[perm.index(i)] for i in range(len(ids))] == base
     assert _engine_tokens(lm, ids, batch_size=1) == base
+    assert _engine_tokens(lm, ids, batch_size=0) == base  # auto: one batch under the token budget
     assert _engine_tokens(lm, ids, share_prefix=False) == base
 
 

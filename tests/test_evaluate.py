@@ -124,6 +124,17 @@ def test_cli_few_shot_without_pool_is_refused(tmp_path, files):
     assert code == 2 and "--shots-from" in out
 
 
+def test_cli_batch_size_auto(tmp_path, files):
+    args = ["eval", "--model", "tiny-gpt2", "--data", files[0], "--max-new-tokens", "2", "--batch-size", "auto",
+            "--db", str(tmp_path / "db.sqlite")]
+    code, out = cli(*args, "--run-dir", str(tmp_path / "a"))
+    assert code == 0, out
+    batches = json.loads((tmp_path / "a" / "summary.json").read_text())["results"][0]["batches"]
+    assert batches == 1  # seven short prompts fit one batch
+    code, out = cli(*args, "--run-dir", str(tmp_path / "b"), "--engine", "hf")
+    assert code == 2 and "--batch-size auto needs --engine archbench" in out
+
+
 def test_prompt_longer_than_window_keeps_earlier_results(tmp_path, files):
     long = [{**ROWS[0], "id": "long", "context": "word " * 6000}]  # tiny-gpt2's window is 4,096 tokens
     data = write_jsonl(tmp_path / "long.jsonl", ROWS[1:3] + long)

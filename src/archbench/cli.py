@@ -81,7 +81,7 @@ def eval_(model: List[str] = typer.Option(..., "--model", help="zoo alias, local
           trials: int = typer.Option(1, "--trials", help="shot sets drawn per few-shot setting"),
           limit: Optional[int] = typer.Option(None, "--limit"),
           prompt_style: str = typer.Option("default", "--prompt-style"),
-          batch_size: int = typer.Option(8, "--batch-size"),
+          batch_size: str = typer.Option("8", "--batch-size", help="rows per batch, or auto (largest that fits)"),
           max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
           stop: List[str] = typer.Option(["\\n"], "--stop", help="stop string(s); escapes like \\n allowed"),
           run_dir: str = typer.Option("runs/eval", "--run-dir"),
@@ -98,7 +98,8 @@ def eval_(model: List[str] = typer.Option(..., "--model", help="zoo alias, local
     stops = tuple(s.encode().decode("unicode_escape") for s in stop if s)
     summary = _call(evaluate, models=model, data=data, gold=gold, shots=_ints(shots, "--shots"),
                     shots_from=shots_from, trials=trials, limit=limit, prompt_style=prompt_style,
-                    batch_size=batch_size, max_new_tokens=max_new_tokens, stop=stops, run_dir=run_dir, db=db,
+                    batch_size=0 if batch_size == "auto" else _ints(batch_size, "--batch-size")[0],
+                    max_new_tokens=max_new_tokens, stop=stops, run_dir=run_dir, db=db,
                     device=device, dtype=dtype, engine=engine, adapter=adapter, seed=seed, compile=compile)
     console.print(rich_table(summary, title=f"SQuAD ({summary['results'][0]['n']} questions)"))
     console.print(f"wrote {run_dir}/summary.json and {run_dir}/predictions.jsonl")

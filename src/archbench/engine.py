@@ -130,9 +130,9 @@ def run(lm, ids: Sequence[Sequence[int]], settings: GenSettings, share_prefix: b
     else:
         p = 0
     info = {"engine": "archbench", "kernel": fam.kernel(lm.model), "prefix_cache_tokens": p,
-            "compile": compiled, "batch_policy": f"sorted by length, <= {settings.batch_size} rows, "
+            "compile": compiled, "batch_policy": f"sorted by length, <= {settings.batch_size or 'auto'} rows, "
                                                   f"<= {TOKEN_BUDGET} tokens, halve on OOM"}
-    limit, start, charged = max(settings.batch_size, 1), 0, False
+    limit, start, charged = settings.batch_size if settings.batch_size > 0 else len(order), 0, False
     while start < len(order):
         rows = [order[start]]
         while (len(rows) < limit and start + len(rows) < len(order)

@@ -25,7 +25,7 @@ DEFAULT_ENGINE = "archbench"
 class GenSettings:
     max_new_tokens: int = 32
     stop: tuple[str, ...] = ("\n",)  # cut and stop at the first occurrence in the generated text
-    batch_size: int = 8
+    batch_size: int = 8  # 0 = auto: as many rows as the token budget allows, halved on out-of-memory
     min_new_tokens: int = 0  # bench: min = max so that every run does the same work
     compile: bool = False  # engine: torch.compile the decode step (CUDA only)
 
@@ -88,6 +88,8 @@ def _hf_generate(lm, prompts: Sequence[str], settings: GenSettings) -> Iterator[
     tok = lm.tokenizer
     tok.padding_side = "left"
     pad_safe = families.get(lm.family).PAD_SAFE
+    if settings.batch_size < 1:
+        raise ValueError("--batch-size auto needs --engine archbench (transformers' generate does not back off)")
     bs = settings.batch_size if pad_safe else 1
     lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])  # longest first: OOM shows early
