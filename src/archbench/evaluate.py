@@ -25,14 +25,14 @@ from archbench.trackers import MemoryTracker, Timer, environment
 
 DEFAULT_DB = "runs/archbench.sqlite"
 # settings that change what a stored prediction means: a rerun in the same run directory must match them
-_PROTOCOL_KEYS = ("data", "gold", "prompt_style", "shots_from", "seed", "max_new_tokens", "stop", "dtype")
+PROTOCOL_KEYS = ("data", "gold", "prompt_style", "shots_from", "seed", "max_new_tokens", "stop", "dtype")
 
 
 def _open_run(run_dir: Path, config: dict) -> str:
     """Return the run id of `run_dir`, creating it; refuse a rerun whose protocol differs."""
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = run_dir / "run.json"
-    protocol = {k: config[k] for k in _PROTOCOL_KEYS}
+    protocol = {k: config[k] for k in PROTOCOL_KEYS}
     if meta.exists():
         old = json.loads(meta.read_text())
         if old["protocol"] != protocol:

@@ -185,7 +185,7 @@ def family_tables(points: list[dict]) -> list[tuple[str, list[str], list[list[st
             sorted({p["family"] for p in points} - set(FAMILIES)):
         rows: dict[str, list[str]] = {}
         for p in (p for p in points if p["family"] == family):
-            rows.setdefault(p["label"], [p["label"], tables._params(p["params"])] +
+            rows.setdefault(p["label"], [p["label"], tables.params_label(p["params"])] +
                             ["-"] * (len(header) - 2))
             at = 2 + shots.index(p["shots"]) * (5 if seed else 4)
             cells = ([_cell(p["agg"], "seed_em", ".2f")] if seed else []) + \

@@ -317,10 +317,10 @@ def status(stage: Stage, store) -> tuple[bool, str]:
     meta = Path(stage.out) / "run.json"
     if not meta.exists():
         return False, "to do"
-    from archbench.evaluate import _PROTOCOL_KEYS
+    from archbench.evaluate import PROTOCOL_KEYS
 
     call, old = stage.call, json.loads(meta.read_text())
-    changed = [k for k in _PROTOCOL_KEYS if old["protocol"].get(k) != (list(call[k]) if k == "stop" else call[k])]
+    changed = [k for k in PROTOCOL_KEYS if old["protocol"].get(k) != (list(call[k]) if k == "stop" else call[k])]
     if changed:
         return False, f"settings changed ({', '.join(changed)}): remove {stage.out} to rerun"
     run_id = old["run_id"]

@@ -13,7 +13,7 @@ def _label(r: dict) -> str:
     return r["model"] + (" (untrained)" if r.get("untrained") else "")
 
 
-def _params(n: int | None) -> str:
+def params_label(n: int | None) -> str:
     if not n:
         return "?"
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
@@ -40,7 +40,7 @@ def seed_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for label, per_shot in by_model.items():
         first = next(iter(per_shot.values()))[0]
-        row = [label, first["family"] or "?", _params(first["params"])]
+        row = [label, first["family"] or "?", params_label(first["params"])]
         for k in shots:
             rs = per_shot.get(k)
             row += ([_cell(rs, "em", ".2f"), _cell(rs, "f1", ".2f"), _cell(rs, "gen_tok_s", ".1f"),
