@@ -130,7 +130,7 @@ def expected_cell(run_id, model, shots, key):
             per_trial.append({"em": statistics.fmean(s[0] for s in scores),
                               "f1": statistics.fmean(s[1] for s in scores), "tok/s": new / (pre + dec),
                               "empty": int(shots == 3)}[key])  # the fixture empties row 3 of 3-shot trials
-    fmt = ".1f" if key in ("tok/s", "empty") else ".2f"
+    fmt = ".1f" if key == "tok/s" or (key == "empty" and len(per_trial) > 1) else ".0f" if key == "empty" else ".2f"
     mean = format(statistics.fmean(per_trial), fmt)
     cell = mean if len(per_trial) == 1 else f"{mean} ± {format(statistics.stdev(per_trial), fmt)}"
     return cell + ("/4" if key == "empty" else "")

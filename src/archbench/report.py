@@ -190,7 +190,7 @@ def family_tables(points: list[dict]) -> list[tuple[str, list[str], list[list[st
             at = 2 + shots.index(p["shots"]) * (5 if seed else 4)
             cells = ([_cell(p["agg"], "seed_em", ".2f")] if seed else []) + \
                 [_cell(p["agg"], "em", ".2f"), _cell(p["agg"], "f1", ".2f"), _cell(p["agg"], "gen_tok_s", ".1f"),
-                 f"{_cell(p['agg'], 'empty', '.1f')}/{p['n']}"]
+                 f"{_cell(p['agg'], 'empty', '.0f' if p['agg']['trials'] == 1 else '.1f')}/{p['n']}"]
             rows[p["label"]][at:at + len(cells)] = cells
         out.append((family, header, list(rows.values())))
     return out
