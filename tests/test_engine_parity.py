@@ -135,3 +135,16 @@ def test_out_of_memory_halves_the_batch_and_keeps_finished_work(monkeypatch):
     monkeypatch.setattr(fam, "prefill", small_memory)
     assert _engine_tokens(lm, ids, batch_size=4) == base
     assert sizes[:3] == [1, 4, 2] and max(sizes[2:]) == 2
+
+
+def test_cascade_decode_keeps_a_shared_prefix_once():
+    lm = load("tiny-gpt2", device=DEVICE)
+    fam, cfg = families.get(lm.family), lm.model.config
+    per_token = 2 * cfg.n_layer * cfg.n_embd * 4  # keys + values, fp32
+    with torch.inference_mode():
+        prefix, _ = fam.prefill(lm.model, [[5] * 20])
+        state, logits = fam.prefill(lm.model, [[7] * 5, [8] * 9], prefix)
+        assert state.shared is not None and fam.state_bytes(state) == per_token * (20 + 2 * 9)
+        state, _ = fam.step(lm.model, logits.argmax(-1), state)
+    assert fam.state_bytes(state) == per_token * (20 + 2 * 10)
+    assert state.keep.tolist() == [[0] * 4 + [1] * 6, [1] * 10]  # row 0's first 4 columns are its prefix tail

@@ -5,7 +5,13 @@ Reference: Vaswani et al. 2017; transformers' GPT-2 / Llama implementations.
 For archbench's engine (engine.py) the forward pass is transformers' own model, called with an explicit
 left-padded attention mask, explicit position ids, a `DynamicCache` whose layers write into preallocated
 buffers (`Preallocated`: no per-step concatenation of the whole cache), and
-`logits_to_keep=1` so that the vocabulary projection runs on the last position only. A shared prompt
+`logits_to_keep=1` so that the vocabulary projection runs on the last position only.
+
+Decode with a shared prefix (GPT-2 and Llama-style models, `_LEAN`) uses cascade attention (as in Hydragen,
+Juravsky et al. 2024): the prefix keys/values stay batch-1 and are read once per step for the whole batch,
+each row keeps only its own suffix in the cache, and the two partial softmaxes are merged by their
+log-sum-exp. Outputs equal attention over the concatenated cache; KV reads per step drop from
+B * (P + S) to P + B * S columns. The step calls the model's submodules directly (no mask building). A shared prompt
 prefix is prefilled once (batch 1); each batch starts from a copy of its keys/values, shifted right per
 row so that every row stays purely left-padded (pads never sit between prefix and suffix, so sliding
 windows and learned positions see exactly what a batch-1 run sees).
@@ -32,12 +38,15 @@ LORA_TARGETS = {
 @dataclass
 class State:
     cache: object  # transformers DynamicCache: per layer keys/values (B, kv_heads, W, head_dim)
-    mask: torch.Tensor  # (B, W) 1 = real token, 0 = left padding
+    mask: torch.Tensor  # (B, W) 1 = real token, 0 = left padding (over prefix + suffix: gives positions)
     ids: list[list[int]]  # prompt token ids per row (a prefix state is re-read from these)
+    shared: list | None = None  # cascade decode: per layer batch-1 prefix (keys, values) (kv_heads, P, head_dim)
+    keep: torch.Tensor | None = None  # cascade decode: (B, S) 1 = a suffix column the row attends to
 
 
 def kernel(model) -> str:
-    return f"transformers-{model.config._attn_implementation}-preallocated-kv"
+    cascade = "+cascade-prefix-decode" if model.config.model_type in _LEAN else ""
+    return f"transformers-{model.config._attn_implementation}-preallocated-kv{cascade}"
 
 
 class Preallocated(DynamicLayer):
@@ -110,23 +119,92 @@ def prefill(model, seqs, state: State | None = None) -> tuple[State, torch.Tenso
     else:
         ids = full
     logits = _forward(model, ids, mask, cache)
-    return State(cache, mask, [pre + s for s in seqs]), logits
+    rows = [pre + s for s in seqs]
+    if state is None or not p or model.config.model_type not in _LEAN:
+        return State(cache, mask, rows), logits
+    # cascade: keep the prefix once (batch 1) and only the suffix columns per row; a row's first pads_r
+    # suffix columns hold its recomputed prefix tail, already covered by the shared prefix
+    shared = [(layer.keys[0], layer.values[0]) for layer in state.cache.layers]
+    suffix = _cache(model)
+    for i, layer in enumerate(cache.layers):
+        suffix.update(layer.keys[:, :, p:].contiguous(), layer.values[:, :, p:].contiguous(), i)
+    keep = (torch.arange(smax, device=dev)[None] >= pads[:, None]).long()  # (B, S)
+    return State(suffix, mask, rows, shared, keep), logits
+
+
+def _cascade(q, layer, k, v, shared, keep, scale) -> torch.Tensor:
+    """Attention of q (B, Hq, D) over a batch-1 prefix (Hkv, P, D) and each row's suffix cache `layer` (after
+    appending k, v (B, Hkv, D)), merged by log-sum-exp. keep (B, S) masks suffix columns. Returns (B, Hq * D)."""
+    b, hq, d = q.shape
+    pk, pv = shared
+    hkv = pk.shape[0]
+    keys, values = layer.update(k[:, :, None], v[:, :, None])  # (B, Hkv, S, D)
+    qg = q.view(b, hkv, hq // hkv, d)  # (B, Hkv, R, D): query heads grouped by their key head
+    # prefix: every row and query head of a group in one matmul, reading the prefix once
+    sp = torch.matmul(qg.permute(1, 0, 2, 3).reshape(hkv, -1, d), pk.transpose(1, 2)) * scale  # (Hkv, B*R, P)
+    mp = sp.amax(-1, keepdim=True)
+    ep = torch.exp(sp - mp)
+    op, lp = torch.matmul(ep, pv), ep.sum(-1, keepdim=True)  # (Hkv, B*R, D), (Hkv, B*R, 1)
+    op, lp, mp = (t.view(hkv, b, -1, t.shape[-1]).permute(1, 0, 2, 3) for t in (op, lp, mp))  # (B, Hkv, R, .)
+    # suffix: each row over its own columns
+    ss = torch.matmul(qg, keys.transpose(2, 3)) * scale  # (B, Hkv, R, S)
+    ss = ss.masked_fill(keep[:, None, None, :] == 0, -torch.inf)
+    ms = ss.amax(-1, keepdim=True)
+    es = torch.exp(ss - ms)
+    os_, ls = torch.matmul(es, values), es.sum(-1, keepdim=True)
+    m = torch.maximum(mp, ms)
+    wp, ws = torch.exp(mp - m), torch.exp(ms - m)
+    return ((op * wp + os_ * ws) / (lp * wp + ls * ws)).reshape(b, hq * d)
+
+
+def _gpt2_step(model, tokens, pos, state) -> torch.Tensor:
+    tr, d, heads = model.transformer, model.config.n_embd, model.config.n_head
+    x = tr.wte(tokens) + tr.wpe(pos)  # (B, d)
+    for block, layer, shared in zip(tr.h, state.cache.layers, state.shared):
+        q, k, v = (t.view(len(x), heads, d // heads) for t in block.attn.c_attn(block.ln_1(x)).split(d, dim=-1))
+        x = x + block.attn.c_proj(_cascade(q, layer, k, v, shared, state.keep, block.attn.scaling))
+        x = x + block.mlp(block.ln_2(x))
+    return model.lm_head(tr.ln_f(x))
+
+
+def _llama_step(model, tokens, pos, state) -> torch.Tensor:
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    m = model.model
+    x = m.embed_tokens(tokens)  # (B, d)
+    cos, sin = m.rotary_emb(x[:, None], pos[:, None])  # (B, 1, head_dim)
+    for block, layer, shared in zip(m.layers, state.cache.layers, state.shared):
+        attn, h = block.self_attn, block.input_layernorm(x)
+        q, k, v = (proj(h).view(len(x), -1, 1, attn.head_dim) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)  # (B, H, 1, D)
+        x = x + attn.o_proj(_cascade(q[:, :, 0], layer, k[:, :, 0], v[:, :, 0], shared, state.keep, attn.scaling))
+        x = x + block.mlp(block.post_attention_layernorm(x))
+    return model.lm_head(m.norm(x))
+
+
+_LEAN = {"gpt2": _gpt2_step, "llama": _llama_step}
 
 
 def step(model, tokens: torch.Tensor, state: State) -> tuple[State, torch.Tensor]:
     """One decode step: `tokens` (B,) are appended to every row. Returns (state, (B, V) logits)."""
     mask = torch.cat([state.mask, state.mask.new_ones(len(tokens), 1)], dim=1)  # (B, W+1)
-    logits = _forward(model, tokens[:, None], mask, state.cache)
-    return State(state.cache, mask, state.ids), logits
+    if state.shared is None:
+        return State(state.cache, mask, state.ids), _forward(model, tokens[:, None], mask, state.cache)
+    keep = torch.cat([state.keep, state.keep.new_ones(len(tokens), 1)], dim=1)  # (B, S+1)
+    grown = State(state.cache, mask, state.ids, state.shared, keep)
+    return grown, _LEAN[model.config.model_type](model, tokens, mask.sum(-1) - 1, grown).float()
 
 
 def select(state: State, rows: torch.Tensor) -> State:
     """Keep batch rows `rows` (finished sequences leave the batch)."""
     state.cache.batch_select_indices(rows)
-    return State(state.cache, state.mask[rows], [state.ids[i] for i in rows.tolist()])
+    keep = state.keep[rows] if state.keep is not None else None
+    return State(state.cache, state.mask[rows], [state.ids[i] for i in rows.tolist()], state.shared, keep)
 
 
 def state_bytes(state: State) -> int:
-    """Bytes of the KV cache tensors (keys and values of every layer)."""
-    return sum(t.numel() * t.element_size() for layer in state.cache.layers for t in (layer.keys, layer.values)
-               if t is not None)
+    """Bytes of the KV cache tensors (keys and values of every layer; a shared prefix counted once)."""
+    shared = [t for kv in state.shared or [] for t in kv]
+    return sum(t.numel() * t.element_size() for t in shared) + sum(
+        t.numel() * t.element_size() for layer in state.cache.layers for t in (layer.keys, layer.values)
+        if t is not None)
