@@ -77,6 +77,17 @@ def test_resume_after_interruption_recomputes_nothing(tmp_path, files, monkeypat
     assert len(keys) == len(set(keys)) == 2 * len(ROWS)
 
 
+def test_hf_engine_gives_the_same_answers_and_splits_its_time(tmp_path, files):
+    ours = run(tmp_path / "a", *files, shots=[0], max_new_tokens=6)
+    ref = run(tmp_path / "b", *files, shots=[0], max_new_tokens=6, engine="hf")
+    preds = {p: {r["id"]: r["prediction"] for r in map(json.loads, (tmp_path / p / "run" / "predictions.jsonl")
+                                                      .read_text().splitlines())} for p in ("a", "b")}
+    assert preds["a"] == preds["b"]
+    (r,) = ref["results"]
+    assert r["engine"] == "hf" and r["prefill_s"] > 0 and r["decode_s"] > 0 and r["ttft_ms"] > 0
+    assert ours["results"][0]["engine"] == "archbench"
+
+
 def test_rerun_with_other_protocol_is_refused(tmp_path, files):
     run(tmp_path, *files, shots=[0])
     with pytest.raises(ValueError, match="prompt_style"):

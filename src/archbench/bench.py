@@ -44,7 +44,7 @@ from archbench import families, roofline
 from archbench.generation import ENGINES
 from archbench.loading import DTYPES, load
 from archbench.store import Store
-from archbench.trackers import MemoryTracker, Timer, environment, synchronize
+from archbench.trackers import MemoryTracker, Timer, TokenClock, environment, is_out_of_memory
 
 DEFAULT_DB = "runs/archbench.sqlite"
 PROMPT_SOURCES = ("random", "text")
@@ -124,21 +124,6 @@ def _tensor_bytes(obj, seen: set | None = None, depth: int = 0) -> int:
     return sum(_tensor_bytes(x, seen, depth + 1) for x in items)
 
 
-class _TokenClock:
-    """A transformers streamer noting when each generated token exists (device synchronised): `put` is
-    called once with the prompt, then once per new token."""
-
-    def __init__(self, device):
-        self.device, self.times = device, []
-
-    def put(self, value):
-        synchronize(self.device)
-        self.times.append(time.perf_counter())
-
-    def end(self):
-        pass
-
-
 def _hf_run(lm, ids: torch.Tensor, new_tokens: int, read_state: bool = False) -> dict:
     """transformers' generate: max_new_tokens=1 times the prefill; in a run forced to N tokens a streamer
     times each of the N - 1 later tokens (the gaps between consecutive tokens)."""
@@ -147,7 +132,7 @@ def _hf_run(lm, ids: torch.Tensor, new_tokens: int, read_state: bool = False) ->
                   temperature=None, top_p=None, top_k=None, return_dict_in_generate=read_state)
     with Timer(lm.device) as t:
         one = lm.model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kwargs)
-    clock = _TokenClock(lm.device)
+    clock = TokenClock(lm.device)
     full = lm.model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, streamer=clock, **kwargs)
     gaps = [b - a for a, b in zip(clock.times[1:], clock.times[2:])]  # times[0] is the prompt's put
     out = {"ttft_s": t.result.seconds, "decode_s": gaps, "after_step": []}
@@ -161,11 +146,6 @@ def _hf_run(lm, ids: torch.Tensor, new_tokens: int, read_state: bool = False) ->
         out["state_bytes"] = cache(one)
         out["after_step"] = [cache(two), cache(full)]  # the first and the last decode step's state
     return out
-
-
-def _is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.OutOfMemoryError) or (
-        isinstance(err, RuntimeError) and "can't allocate memory" in str(err))
 
 
 def measure(spec: dict) -> dict:
@@ -184,7 +164,7 @@ def measure(spec: dict) -> dict:
                 ttft.append(r["ttft_s"])
                 decode += r["decode_s"]
     except Exception as err:  # noqa: BLE001 - only out-of-memory is recorded; anything else re-raises
-        if not _is_oom(err):
+        if not is_out_of_memory(err):
             raise
         return {"status": "oom", "reason": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
     steps = [b for b in warm["after_step"] if b is not None]
@@ -194,13 +174,18 @@ def measure(spec: dict) -> dict:
             "mem_kind": mem.result.kind}
 
 
+def _release(device) -> None:
+    """Give a freed model's memory back before the next point loads one."""
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def _launch(spec: dict, launcher: str) -> dict:
     """Measure a point in a fresh interpreter (launcher "process") or in this one ("inline")."""
     if launcher == "inline":
         raw = measure(spec)
-        gc.collect()
-        if torch.device(spec["device"]).type == "cuda":
-            torch.cuda.empty_cache()
+        _release(spec["device"])
         return raw
     proc = subprocess.run([sys.executable, "-m", "archbench.bench", "--point", json.dumps(spec)],
                           capture_output=True, text=True)
@@ -221,9 +206,7 @@ def _model_meta(name: str, engine: str, device: str, dtype: str, store: Store, r
     meta = {"model": name, "family": lm.family, "params": lm.params, "untrained": lm.untrained,
             "kernel": kernel, "max_len": lm.max_len, "shape": roofline.shape(lm.model, lm.family)}
     del lm
-    gc.collect()
-    if torch.device(device).type == "cuda":
-        torch.cuda.empty_cache()
+    _release(device)
     return meta
 
 

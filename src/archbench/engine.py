@@ -30,7 +30,7 @@ import torch
 
 from archbench import families
 from archbench.generation import BatchResult, Completion, GenSettings, cut_at_stop
-from archbench.trackers import synchronize
+from archbench.trackers import is_out_of_memory, synchronize
 
 TOKEN_BUDGET = 32768  # rows * (prompt + new tokens) per batch: bounds KV cache and activations
 MIN_PREFIX = 8  # a shorter common prefix is not worth a separate prefill
@@ -46,10 +46,6 @@ def common_prefix(seqs: Sequence[Sequence[int]]) -> int:
     for s in seqs[1:]:
         n = next((i for i in range(n) if s[i] != first[i]), n)
     return max(n, 0)
-
-
-def _is_oom(err: Exception) -> bool:
-    return isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError) and "out of memory" in str(err))
 
 
 def _eos_ids(lm) -> set[int]:
@@ -143,7 +139,7 @@ def run(lm, ids: Sequence[Sequence[int]], settings: GenSettings, share_prefix: b
         try:
             tokens, first = _batch(lm, fam, step, ids, rows, settings, prefix, eos)
         except RuntimeError as err:  # torch.OutOfMemoryError is one; anything else is re-raised
-            if not _is_oom(err) or len(rows) == 1:
+            if not is_out_of_memory(err) or len(rows) == 1:
                 raise
             limit = max(1, len(rows) // 2)  # retry this batch smaller; finished batches are already out
             if lm.device.type == "cuda":

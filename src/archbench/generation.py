@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 import torch
 
 from archbench import families
-from archbench.trackers import synchronize
+from archbench.trackers import TokenClock, synchronize
 
 ENGINES = ("archbench", "hf")
 DEFAULT_ENGINE = "archbench"
@@ -66,22 +66,6 @@ def generate(lm, prompts: Sequence[str], settings: GenSettings, engine: str = DE
     raise ValueError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
 
 
-class _FirstTokenClock:
-    """A transformers streamer that notes when the first new token exists (after a device sync)."""
-
-    def __init__(self, device):
-        self.device, self.calls, self.first = device, 0, None
-
-    def put(self, value):
-        self.calls += 1
-        if self.calls == 2:  # call 1 carries the prompt, call 2 the first generated token
-            synchronize(self.device)
-            self.first = time.perf_counter()
-
-    def end(self):
-        pass
-
-
 def _hf_generate(lm, prompts: Sequence[str], settings: GenSettings) -> Iterator[BatchResult]:
     """transformers' generate as people run it: same batch size, left padding, stop strings, no prefix
     cache; families whose forward ignores the padding mask (RWKV) run at batch 1."""
@@ -97,7 +81,7 @@ def _hf_generate(lm, prompts: Sequence[str], settings: GenSettings) -> Iterator[
         idx = order[start: start + bs]
         enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
         enc = {k: v.to(lm.device) for k, v in enc.items()}
-        clock = _FirstTokenClock(lm.device)
+        clock = TokenClock(lm.device)
         synchronize(lm.device)
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -108,7 +92,7 @@ def _hf_generate(lm, prompts: Sequence[str], settings: GenSettings) -> Iterator[
                                     temperature=None, top_p=None, top_k=None)
         synchronize(lm.device)
         t1 = time.perf_counter()
-        first = clock.first or t1
+        first = clock.times[1] if len(clock.times) > 1 else t1  # times[0]: the prompt
         comps, decode_tokens = [], 0
         for row, i in enumerate(idx):
             new = out[row, enc["input_ids"].shape[1]:].tolist()

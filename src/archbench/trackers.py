@@ -4,6 +4,7 @@ memory trackers are the model). Clocks are read only after the device is synchro
     with Timer(device) as t: ...           -> t.result.seconds
     with MemoryTracker(device) as m: ...   -> m.result.peak_mb (RSS sampled by a thread on CPU;
                                               max allocated / reserved on CUDA after resetting peaks)
+    TokenClock(device)                     -> a transformers streamer noting when each token exists
 """
 from __future__ import annotations
 
@@ -81,6 +82,27 @@ class MemoryTracker:
             self._peak = max(self._peak, self._proc.memory_info().rss)
             self.result = Memory(self._peak / 2**20, None, "rss")
         return False
+
+
+class TokenClock:
+    """A transformers streamer that notes when each generated token exists (device synchronised): `put` is
+    called once with the prompt, then once per new token, so times[1] is the first token's."""
+
+    def __init__(self, device):
+        self.device, self.times = device, []
+
+    def put(self, value):
+        synchronize(self.device)
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """An allocation failure: torch's OutOfMemoryError (CUDA) or the CPU allocator's RuntimeError."""
+    return isinstance(err, torch.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and any(s in str(err) for s in ("out of memory", "can't allocate memory")))
 
 
 def environment(device="cpu") -> dict:
