@@ -314,16 +314,15 @@ def status(stage: Stage, store) -> tuple[bool, str]:
         missing = [m for m in stage.call["models"] if m not in have]
         stored = len(stage.call["models"]) - len(missing)
         return not missing, "done" if not missing else f"to do ({stored} answers stored)" if stored else "to do"
-    meta = Path(stage.out) / "run.json"
-    if not meta.exists():
-        return False, "to do"
-    from archbench.evaluate import PROTOCOL_KEYS
+    from archbench.evaluate import protocol_changes
 
-    call, old = stage.call, json.loads(meta.read_text())
-    changed = [k for k in PROTOCOL_KEYS if old["protocol"].get(k) != (list(call[k]) if k == "stop" else call[k])]
+    call = stage.call
+    changed = protocol_changes(Path(stage.out), call)
+    if changed is None:
+        return False, "to do"
     if changed:
         return False, f"settings changed ({', '.join(changed)}): remove {stage.out} to rerun"
-    run_id = old["run_id"]
+    run_id = json.loads((Path(stage.out) / "run.json").read_text())["run_id"]
     want = _questions(call["data"], call["gold"], call["limit"])
     settings = [(k, t) for k in call["shots"] for t in range(call["trials"] if k else 1)]
     have = [len(store.done_ids(run_id, stage.model, k, t)) for k, t in settings]
