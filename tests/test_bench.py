@@ -60,7 +60,7 @@ def test_cli_writes_bench_json_store_and_skips_past_the_window(tmp_path):
     out, db = tmp_path / "B", tmp_path / "db.sqlite"
     res = CliRunner().invoke(app, ["bench", "--model", "tiny-gpt2", "--context", "16,5000", "--batch", "1",
                                    "--new-tokens", "3", "--min-runs", "2", "--min-seconds", "0",
-                                   "--out", str(out), "--db", str(db)])
+                                   "--rounds", "2", "--out", str(out), "--db", str(db)])
     assert res.exit_code == 0, res.output
     assert "tiny-gpt2" in res.output and "bench.json" in res.output
     data = json.loads((out / "bench.json").read_text())
@@ -70,6 +70,7 @@ def test_cli_writes_bench_json_store_and_skips_past_the_window(tmp_path):
     for p in (ok, skipped):
         assert set(IDENTITY + MEASURED) <= set(p)
     _check_ok(ok, min_runs=2)
+    assert ok["rounds"] == 2 and ok["runs"] >= 4  # two rounds of at least two runs, pooled
     assert ok["state_bytes"] == _kv_bytes(load("tiny-gpt2").model.config, 1, 16)
     assert skipped["status"] == "skipped" and "window of 4096" in skipped["reason"]
     assert all(skipped[k] is None for k in MEASURED)

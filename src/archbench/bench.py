@@ -11,7 +11,10 @@ Method, per point
     repeated and cut to length (--prompt-source text); no padding anywhere;
   - one warm-up run (excluded) under the memory tracker: it does the same work as a timed run, so it gives
     the point's peak memory while no sampler thread runs during timed regions; it also reads the state size;
-  - timed runs repeat until both `min_runs` and `min_seconds` are reached. archbench engine: the prefill
+  - the sweep of a model's points runs `rounds` times, round-robin, a fresh process per point and round,
+    and each point's samples are pooled: a slow drift of the machine's speed (a shared host) then hits
+    every point alike instead of the one that happened to run during it; peak memory is the largest seen;
+  - in each round, timed runs repeat until both `min_runs` and `min_seconds` are reached. archbench engine: the prefill
     plus the first argmax is the time to first token; each of the other new_tokens - 1 steps is timed on
     its own (device synchronised before and after) and all steps of all runs form the decode distribution.
     hf engine (optimum-benchmark's way): generate with max_new_tokens=1 is the time to first token, and
@@ -40,7 +43,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from archbench import families, roofline
+from archbench import families, fastlinear, roofline
+from archbench.engine import kernel as engine_kernel
 from archbench.generation import ENGINES
 from archbench.loading import DTYPES, load
 from archbench.store import Store
@@ -51,7 +55,7 @@ PROMPT_SOURCES = ("random", "text")
 LAUNCHERS = ("process", "inline")  # optimum-benchmark's launchers: a fresh process per point, or this one
 MEASURED = ("ttft_ms_median", "ttft_ms_p90", "prefill_tok_s", "decode_ms_median", "decode_ms_p90",
             "decode_tok_s", "peak_mem_mb", "peak_reserved_mb", "mem_kind", "state_bytes", "prefill_flops",
-            "prefill_flops_frac", "decode_bytes_per_step", "decode_bw_frac", "runs")
+            "prefill_flops_frac", "decode_bytes_per_step", "decode_bw_frac", "runs", "rounds")
 TEXT = ("The river delta formed over several thousand years as sediment carried from the northern highlands "
         "settled where the current slowed near the coast. Early settlers drained the marshes with a network "
         "of canals, and by the fourteenth century the region supplied grain to most of the surrounding "
@@ -85,6 +89,11 @@ def prompt_ids(lm, context: int, batch: int, source: str = "random", seed: int =
 def _engine_run(lm, ids: torch.Tensor, new_tokens: int, read_state: bool = False) -> dict:
     """archbench's engine: the family's prefill, then each step timed on its own."""
     fam = families.get(lm.family)
+    with fastlinear.packed(lm.model):
+        return _engine_steps(lm, fam, ids, new_tokens, read_state)
+
+
+def _engine_steps(lm, fam, ids: torch.Tensor, new_tokens: int, read_state: bool) -> dict:
     with Timer(lm.device) as t:
         state, logits = fam.prefill(lm.model, ids)
         token = logits.argmax(-1)
@@ -202,7 +211,7 @@ def _model_meta(name: str, engine: str, device: str, dtype: str, store: Store, r
     """Load the model once in this process for what every point record and the roofline need; free it."""
     lm = load(name, device=device, dtype=dtype)
     store.add_model(run_id, lm)
-    kernel = families.get(lm.family).kernel(lm.model) if engine == "archbench" else "transformers.generate"
+    kernel = engine_kernel(lm) if engine == "archbench" else "transformers.generate"
     meta = {"model": name, "family": lm.family, "params": lm.params, "untrained": lm.untrained,
             "kernel": kernel, "max_len": lm.max_len, "shape": roofline.shape(lm.model, lm.family)}
     del lm
@@ -218,6 +227,17 @@ def _skip_reason(meta: dict, context: int, batch: int, new_tokens: int, ooms: li
         if context >= c and batch >= b:
             return f"not run: the smaller point context {c}, batch {b} ran out of memory"
     return None
+
+
+def _pool(old: dict | None, new: dict) -> dict:
+    """A point's samples over rounds: timings pooled, the largest peak memory; a round that runs out of
+    memory settles the point as "oom"."""
+    if old is None or new["status"] != "ok":
+        return new
+    peak = {k: max((x for x in (old[k], new[k]) if x is not None), default=None)
+            for k in ("peak_mem_mb", "peak_reserved_mb")}
+    return {**old, **peak, "ttft_s": old["ttft_s"] + new["ttft_s"], "decode_s": old["decode_s"] + new["decode_s"],
+            "runs": old["runs"] + new["runs"], "rounds": old.get("rounds", 1) + 1}
 
 
 def _median_p90(xs: list[float]) -> tuple[float, float]:
@@ -239,7 +259,8 @@ def _record(meta: dict, spec: dict, raw: dict, env: dict) -> dict:
                decode_ms_median=dec * 1e3, decode_ms_p90=dec90 * 1e3, decode_tok_s=b / dec,
                peak_mem_mb=raw["peak_mem_mb"], peak_reserved_mb=raw["peak_reserved_mb"], mem_kind=raw["mem_kind"],
                state_bytes=raw["state_bytes"], prefill_flops=flops,
-               prefill_flops_frac=flops / ttft / env["matmul_flops"], runs=raw["runs"])
+               prefill_flops_frac=flops / ttft / env["matmul_flops"], runs=raw["runs"],
+               rounds=raw.get("rounds", 1))
     if raw["state_bytes_decode"] is None:
         rec["reason"] = "the engine returned no cache tensors: state size and decode bytes unknown"
     else:
@@ -284,8 +305,8 @@ def table(points: list[dict]) -> Table:
 # the sweep ----------------------------------------------------------------------------------------------
 def bench(models: list[str], contexts: list[int], batches: list[int], new_tokens: int = 64,
           engine: str = "archbench", device: str = "cpu", dtype: str = "float32", prompt_source: str = "random",
-          min_runs: int = 3, min_seconds: float = 1.0, out: str = "runs/bench", db: str = DEFAULT_DB,
-          launcher: str = "process", seed: int = 0) -> dict:
+          min_runs: int = 3, min_seconds: float = 1.0, rounds: int = 3, out: str = "runs/bench",
+          db: str = DEFAULT_DB, launcher: str = "process", seed: int = 0) -> dict:
     """Measure every model x batch x context point; write OUT/bench.json and the store; print a table."""
     if engine not in ENGINES:
         raise ValueError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
@@ -297,14 +318,14 @@ def bench(models: list[str], contexts: list[int], batches: list[int], new_tokens
         raise ValueError(f"launcher {launcher!r}: choose one of {', '.join(LAUNCHERS)}")
     if new_tokens < 2:
         raise ValueError("--new-tokens must be at least 2 (the first token ends the prefill; decode needs one more)")
-    if not contexts or not batches or min(contexts + batches) < 1 or min_runs < 1:
-        raise ValueError("--context and --batch need positive integers and --min-runs at least 1")
+    if not contexts or not batches or min(contexts + batches) < 1 or min_runs < 1 or rounds < 1:
+        raise ValueError("--context and --batch need positive integers, --min-runs and --rounds at least 1")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     run_id = f"{out_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     config = dict(models=list(models), contexts=sorted(contexts), batches=sorted(batches), new_tokens=new_tokens,
                   engine=engine, device=device, dtype=dtype, prompt_source=prompt_source, min_runs=min_runs,
-                  min_seconds=min_seconds, launcher=launcher, seed=seed)
+                  min_seconds=min_seconds, rounds=rounds, launcher=launcher, seed=seed)
     console = Console(width=None if sys.stdout.isatty() else 160)
     with Store(db) as store:
         metas = [_model_meta(m, engine, device, dtype, store, run_id) for m in models]  # bad names fail first
@@ -314,25 +335,31 @@ def bench(models: list[str], contexts: list[int], batches: list[int], new_tokens
         store.ensure_run(run_id, "bench", config, env)
         result = {"run_id": run_id, "config": config, "env": env, "points": []}
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        done = []  # records of the models already swept
         with Progress(*columns, console=console) as bar:
-            task = bar.add_task("bench", total=len(metas) * len(batches) * len(contexts))
+            task = bar.add_task("bench", total=len(metas) * len(batches) * len(contexts) * rounds)
             for meta in metas:
-                ooms = []
-                for b in sorted(batches):
-                    for t in sorted(contexts):
-                        bar.update(task, description=f"{meta['model']} context {t} batch {b}")
-                        spec = dict(model=meta["model"], context=t, batch=b, new_tokens=new_tokens, engine=engine,
-                                    device=device, dtype=dtype, prompt_source=prompt_source, min_runs=min_runs,
-                                    min_seconds=min_seconds, seed=seed)
-                        reason = _skip_reason(meta, t, b, new_tokens, ooms)
-                        raw = {"status": "skipped", "reason": reason} if reason else _launch(spec, launcher)
-                        if raw["status"] == "oom":
-                            ooms.append((t, b))
-                        rec = _record(meta, spec, raw, env)
-                        result["points"].append(rec)
-                        store.put(run_id, "bench", f"{meta['model']}|{engine}|context={t}|batch={b}", rec)
-                        (out_dir / "bench.json").write_text(json.dumps(result, indent=1))
-                        bar.advance(task)
+                ooms, raws, records = [], {}, {}
+                for _ in range(rounds):  # round-robin over the model's points: a drift hits every point alike
+                    for b in sorted(batches):
+                        for t in sorted(contexts):
+                            bar.update(task, description=f"{meta['model']} context {t} batch {b}")
+                            spec = dict(model=meta["model"], context=t, batch=b, new_tokens=new_tokens,
+                                        engine=engine, device=device, dtype=dtype, prompt_source=prompt_source,
+                                        min_runs=min_runs, min_seconds=min_seconds, seed=seed)
+                            if raws.get((t, b), {}).get("status", "ok") == "ok":  # skipped / oom points are settled
+                                reason = _skip_reason(meta, t, b, new_tokens, ooms)
+                                raw = {"status": "skipped", "reason": reason} if reason else _launch(spec, launcher)
+                                if raw["status"] == "oom":
+                                    ooms.append((t, b))
+                                raws[t, b] = _pool(raws.get((t, b)), raw)
+                                records[t, b] = _record(meta, spec, raws[t, b], env)
+                                store.put(run_id, "bench", f"{meta['model']}|{engine}|context={t}|batch={b}",
+                                          records[t, b])
+                                result["points"] = done + list(records.values())
+                                (out_dir / "bench.json").write_text(json.dumps(result, indent=1))
+                            bar.advance(task)
+                done += list(records.values())
     console.print(table(result["points"]))
     console.print(f"wrote {out_dir / 'bench.json'}")
     return result

@@ -147,13 +147,14 @@ def bench(model: List[str] = typer.Option(..., "--model"),
           engine: str = typer.Option("archbench", "--engine"), device: str = "cpu", dtype: str = "float32",
           prompt_source: str = typer.Option("random", "--prompt-source", help="random tokens or text"),
           min_runs: int = typer.Option(3, "--min-runs"), min_seconds: float = typer.Option(1.0, "--min-seconds"),
+          rounds: int = typer.Option(3, "--rounds", help="sweeps round-robin over the points, samples pooled"),
           out: str = typer.Option("runs/bench", "--out"), db: str = typer.Option("runs/archbench.sqlite", "--db")):
     """Efficiency sweep: prefill, decode, memory and state size vs context length and batch size."""
     from archbench.bench import bench as run_bench
 
     _call(run_bench, models=model, contexts=_ints(context, "--context"), batches=_ints(batch, "--batch"),
           new_tokens=new_tokens, engine=engine, device=device, dtype=dtype, prompt_source=prompt_source,
-          min_runs=min_runs, min_seconds=min_seconds, out=out, db=db)
+          min_runs=min_runs, min_seconds=min_seconds, rounds=rounds, out=out, db=db)
 
 
 @app.command()

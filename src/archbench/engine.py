@@ -28,7 +28,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from archbench import families
+from archbench import families, fastlinear
 from archbench.generation import BatchResult, Completion, GenSettings, cut_at_stop
 from archbench.trackers import is_out_of_memory, synchronize
 
@@ -56,6 +56,11 @@ def _eos_ids(lm) -> set[int]:
     return {i for i in ids if i is not None}
 
 
+def kernel(lm) -> str:
+    """The code paths the engine takes for `lm`: the family's sequence mixing and the linear layers."""
+    return f"{families.get(lm.family).kernel(lm.model)}; linear {fastlinear.kernel(lm.device, lm.model.dtype)}"
+
+
 def _stepper(lm, fam, settings: GenSettings):
     """The decode step, compiled with torch.compile when asked for on CUDA; returns (fn, compiled)."""
     if settings.compile and lm.device.type == "cuda":
@@ -72,7 +77,7 @@ def _batch(lm, fam, step, ids, rows, settings, prefix, eos) -> tuple[list[list[i
     live = list(range(len(rows)))  # positions still generating, in state order
     first = None
     window = STOP_WINDOW + max((len(s) for s in settings.stop), default=0)
-    with torch.inference_mode():
+    with torch.inference_mode(), fastlinear.packed(model):
         state, logits = fam.prefill(model, [ids[i][p:] for i in rows], prefix[1] if prefix else None)
         for k in range(settings.max_new_tokens):
             if k < settings.min_new_tokens and eos:
@@ -119,13 +124,13 @@ def run(lm, ids: Sequence[Sequence[int]], settings: GenSettings, share_prefix: b
     synchronize(lm.device)
     t0 = time.perf_counter()
     if p >= MIN_PREFIX:
-        with torch.inference_mode():
+        with torch.inference_mode(), fastlinear.packed(lm.model):
             prefix = (list(ids[0][:p]), fam.prefill(lm.model, [list(ids[0][:p])])[0])
         synchronize(lm.device)
         prefix_s = time.perf_counter() - t0
     else:
         p = 0
-    info = {"engine": "archbench", "kernel": fam.kernel(lm.model), "prefix_cache_tokens": p,
+    info = {"engine": "archbench", "kernel": kernel(lm), "prefix_cache_tokens": p,
             "compile": compiled, "batch_policy": f"sorted by length, <= {settings.batch_size or 'auto'} rows, "
                                                   f"<= {TOKEN_BUDGET} tokens, halve on OOM"}
     limit, start, charged = settings.batch_size if settings.batch_size > 0 else len(order), 0, False

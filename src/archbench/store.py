@@ -111,7 +111,8 @@ class Store:
     # free-form records (bench points, training logs, free-form answers) -----------------------
     def put(self, run_id: str, kind: str, key: str, data: dict) -> None:
         with self.db:
-            self.db.execute("INSERT OR REPLACE INTO records VALUES (?,?,?,?,?)",
+            self.db.execute("INSERT INTO records VALUES (?,?,?,?,?) ON CONFLICT (run_id, kind, key) "
+                            "DO UPDATE SET data = excluded.data",  # an updated record keeps its place
                             (run_id, kind, key, time.time(), json.dumps(data)))
 
     def records(self, run_id: str | None, kind: str) -> list[dict]:

@@ -45,7 +45,7 @@ FINETUNE = {"name": (_STR, REQ), "model": (_STR, REQ), "label": (_STR, None), "t
             "args": ((dict,), {})}
 BENCH = {"name": (_STR, REQ), "models": ((list,), REQ), "contexts": ((list,), REQ), "batches": ((list,), [1]),
          "new_tokens": (_INT, 64), "prompt_source": (_STR, "random"), "min_runs": (_INT, 3),
-         "min_seconds": (_NUM, 1.0)}
+         "min_seconds": (_NUM, 1.0), "rounds": (_INT, 3)}
 REPORT = {"title": (_STR, None), "out": (_STR, None)}
 FINETUNE_ARGS = sorted(set(_FINETUNE_DEFAULTS) - {"device", "db"})  # what a study's fine-tune `args` may set
 _ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
@@ -283,6 +283,7 @@ def plan(spec: dict) -> list[Stage]:
         ids = [_base(spec, r, "", None)["model"] for r in b["models"]]
         call = {"models": ids, "contexts": b["contexts"], "batches": b["batches"], "new_tokens": b["new_tokens"],
                 "prompt_source": b["prompt_source"], "min_runs": b["min_runs"], "min_seconds": b["min_seconds"],
+                "rounds": b["rounds"],
                 "out": str(out / "bench" / b["name"]), **common}
         what = f"{', '.join(ids)} at contexts {b['contexts']}, batches {b['batches']}, {b['new_tokens']} new tokens"
         benches.append(Stage(f"bench:{b['name']}", "bench", b["name"], "", what, call, call["out"]))
@@ -304,9 +305,10 @@ def status(stage: Stage, store) -> tuple[bool, str]:
     if stage.kind == "finetune":  # finetune.json is written once training has finished
         done = (Path(stage.out) / "finetune.json").exists()
         return done, "done" if done else "to do"
-    if stage.kind == "bench":  # bench.json is rewritten after every point: done when it holds them all
+    if stage.kind == "bench":  # bench.json is rewritten after every point: done when all have every round
         marker, call = Path(stage.out) / "bench.json", stage.call
-        have = len(json.loads(marker.read_text())["points"]) if marker.exists() else 0
+        points = json.loads(marker.read_text())["points"] if marker.exists() else []
+        have = sum(p["status"] != "ok" or p.get("rounds", 1) >= call["rounds"] for p in points)
         want = len(call["models"]) * len(call["contexts"]) * len(call["batches"])
         return have >= want, "done" if have >= want else f"to do ({have}/{want} points stored)" if have else "to do"
     if stage.kind == "ask":

@@ -7,11 +7,12 @@ left-padded attention mask, explicit position ids, a `DynamicCache` whose layers
 buffers (`Preallocated`: no per-step concatenation of the whole cache), and
 `logits_to_keep=1` so that the vocabulary projection runs on the last position only.
 
-Decode with a shared prefix (GPT-2 and Llama-style models, `_LEAN`) uses cascade attention (as in Hydragen,
+Decode of GPT-2 and Llama-style models (`_LEAN`) calls the model's submodules directly (no mask building,
+no cache bookkeeping per layer), and after a shared prefix uses cascade attention (as in Hydragen,
 Juravsky et al. 2024): the prefix keys/values stay batch-1 and are read once per step for the whole batch,
 each row keeps only its own suffix in the cache, and the two partial softmaxes are merged by their
 log-sum-exp. Outputs equal attention over the concatenated cache; KV reads per step drop from
-B * (P + S) to P + B * S columns. The step calls the model's submodules directly (no mask building). A shared prompt
+B * (P + S) to P + B * S columns. Other model types decode through transformers' forward. A shared prompt
 prefix is prefilled once (batch 1); each batch starts from a copy of its keys/values, shifted right per
 row so that every row stays purely left-padded (pads never sit between prefix and suffix, so sliding
 windows and learned positions see exactly what a batch-1 run sees).
@@ -45,8 +46,8 @@ class State:
 
 
 def kernel(model) -> str:
-    cascade = "+cascade-prefix-decode" if model.config.model_type in _LEAN else ""
-    return f"transformers-{model.config._attn_implementation}-preallocated-kv{cascade}"
+    lean = "+own-decode-step+cascade-prefix" if model.config.model_type in _LEAN else ""
+    return f"transformers-{model.config._attn_implementation}-preallocated-kv{lean}"
 
 
 class Preallocated(DynamicLayer):
@@ -132,37 +133,42 @@ def prefill(model, seqs, state: State | None = None) -> tuple[State, torch.Tenso
     return State(suffix, mask, rows, shared, keep), logits
 
 
-def _cascade(q, layer, k, v, shared, keep, scale) -> torch.Tensor:
-    """Attention of q (B, Hq, D) over a batch-1 prefix (Hkv, P, D) and each row's suffix cache `layer` (after
-    appending k, v (B, Hkv, D)), merged by log-sum-exp. keep (B, S) masks suffix columns. Returns (B, Hq * D)."""
+def _softmax_parts(q, keys, values, scale, keep=None):
+    """Unnormalised attention of grouped queries q (G, N, R, D) over keys/values (G, N, T, D): returns the
+    weighted values (G, N, R, D), the weight sums and the score maxima (G, N, R, 1). keep (N, T) masks keys."""
+    s = torch.matmul(q, keys.transpose(-1, -2)) * scale  # (G, N, R, T)
+    if keep is not None:
+        s = s.masked_fill(keep[:, None, None, :] == 0, -torch.inf)
+    m = s.amax(-1, keepdim=True)
+    e = torch.exp(s - m)
+    return torch.matmul(e, values), e.sum(-1, keepdim=True), m
+
+
+def _attend(q, layer, k, v, shared, keep, scale) -> torch.Tensor:
+    """Attention of q (B, Hq, D) over each row's cache `layer` (after appending k, v (B, Hkv, D)) and, when
+    `shared` is a batch-1 prefix (keys, values) (Hkv, P, D), over that prefix too, the two partial softmaxes
+    merged by log-sum-exp. keep (B, S) masks cache columns. Returns (B, Hq * D)."""
     b, hq, d = q.shape
-    pk, pv = shared
-    hkv = pk.shape[0]
     keys, values = layer.update(k[:, :, None], v[:, :, None])  # (B, Hkv, S, D)
+    hkv = keys.shape[1]
     qg = q.view(b, hkv, hq // hkv, d)  # (B, Hkv, R, D): query heads grouped by their key head
-    # prefix: every row and query head of a group in one matmul, reading the prefix once
-    sp = torch.matmul(qg.permute(1, 0, 2, 3).reshape(hkv, -1, d), pk.transpose(1, 2)) * scale  # (Hkv, B*R, P)
-    mp = sp.amax(-1, keepdim=True)
-    ep = torch.exp(sp - mp)
-    op, lp = torch.matmul(ep, pv), ep.sum(-1, keepdim=True)  # (Hkv, B*R, D), (Hkv, B*R, 1)
-    op, lp, mp = (t.view(hkv, b, -1, t.shape[-1]).permute(1, 0, 2, 3) for t in (op, lp, mp))  # (B, Hkv, R, .)
-    # suffix: each row over its own columns
-    ss = torch.matmul(qg, keys.transpose(2, 3)) * scale  # (B, Hkv, R, S)
-    ss = ss.masked_fill(keep[:, None, None, :] == 0, -torch.inf)
-    ms = ss.amax(-1, keepdim=True)
-    es = torch.exp(ss - ms)
-    os_, ls = torch.matmul(es, values), es.sum(-1, keepdim=True)
-    m = torch.maximum(mp, ms)
-    wp, ws = torch.exp(mp - m), torch.exp(ms - m)
-    return ((op * wp + os_ * ws) / (lp * wp + ls * ws)).reshape(b, hq * d)
+    o, l, m = _softmax_parts(qg, keys, values, scale, keep)  # each row over its own columns
+    if shared is not None:  # prefix: every row and query head of a group in one matmul, reading it once
+        pq = qg.permute(1, 0, 2, 3).reshape(hkv, 1, -1, d)  # (Hkv, 1, B*R, D)
+        op, lp, mp = (t.view(hkv, b, -1, t.shape[-1]).permute(1, 0, 2, 3)  # (B, Hkv, R, .)
+                      for t in _softmax_parts(pq, shared[0][:, None], shared[1][:, None], scale))
+        mx = torch.maximum(m, mp)
+        wp, ws = torch.exp(mp - mx), torch.exp(m - mx)
+        o, l = op * wp + o * ws, lp * wp + l * ws
+    return (o / l).reshape(b, hq * d)
 
 
 def _gpt2_step(model, tokens, pos, state) -> torch.Tensor:
     tr, d, heads = model.transformer, model.config.n_embd, model.config.n_head
     x = tr.wte(tokens) + tr.wpe(pos)  # (B, d)
-    for block, layer, shared in zip(tr.h, state.cache.layers, state.shared):
+    for block, layer, shared in zip(tr.h, state.cache.layers, state.shared or [None] * len(tr.h)):
         q, k, v = (t.view(len(x), heads, d // heads) for t in block.attn.c_attn(block.ln_1(x)).split(d, dim=-1))
-        x = x + block.attn.c_proj(_cascade(q, layer, k, v, shared, state.keep, block.attn.scaling))
+        x = x + block.attn.c_proj(_attend(q, layer, k, v, shared, state.keep, block.attn.scaling))
         x = x + block.mlp(block.ln_2(x))
     return model.lm_head(tr.ln_f(x))
 
@@ -173,11 +179,11 @@ def _llama_step(model, tokens, pos, state) -> torch.Tensor:
     m = model.model
     x = m.embed_tokens(tokens)  # (B, d)
     cos, sin = m.rotary_emb(x[:, None], pos[:, None])  # (B, 1, head_dim)
-    for block, layer, shared in zip(m.layers, state.cache.layers, state.shared):
+    for block, layer, shared in zip(m.layers, state.cache.layers, state.shared or [None] * len(m.layers)):
         attn, h = block.self_attn, block.input_layernorm(x)
         q, k, v = (proj(h).view(len(x), -1, 1, attn.head_dim) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
         q, k = apply_rotary_pos_emb(q, k, cos, sin)  # (B, H, 1, D)
-        x = x + attn.o_proj(_cascade(q[:, :, 0], layer, k[:, :, 0], v[:, :, 0], shared, state.keep, attn.scaling))
+        x = x + attn.o_proj(_attend(q[:, :, 0], layer, k[:, :, 0], v[:, :, 0], shared, state.keep, attn.scaling))
         x = x + block.mlp(block.post_attention_layernorm(x))
     return model.lm_head(m.norm(x))
 
@@ -188,11 +194,13 @@ _LEAN = {"gpt2": _gpt2_step, "llama": _llama_step}
 def step(model, tokens: torch.Tensor, state: State) -> tuple[State, torch.Tensor]:
     """One decode step: `tokens` (B,) are appended to every row. Returns (state, (B, V) logits)."""
     mask = torch.cat([state.mask, state.mask.new_ones(len(tokens), 1)], dim=1)  # (B, W+1)
-    if state.shared is None:
+    lean = _LEAN.get(model.config.model_type)
+    if lean is None:
         return State(state.cache, mask, state.ids), _forward(model, tokens[:, None], mask, state.cache)
-    keep = torch.cat([state.keep, state.keep.new_ones(len(tokens), 1)], dim=1)  # (B, S+1)
+    # the cache columns are the mask's, or with a shared prefix the suffix's
+    keep = mask if state.shared is None else torch.cat([state.keep, state.keep.new_ones(len(tokens), 1)], dim=1)
     grown = State(state.cache, mask, state.ids, state.shared, keep)
-    return grown, _LEAN[model.config.model_type](model, tokens, mask.sum(-1) - 1, grown).float()
+    return grown, lean(model, tokens, mask.sum(-1) - 1, grown).float()
 
 
 def select(state: State, rows: torch.Tensor) -> State:
