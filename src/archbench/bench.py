@@ -23,8 +23,8 @@ Method, per point
   - every point runs in a fresh `python -m archbench.bench --point JSON` process, so one point's memory
     cannot inflate the next; an out-of-memory error (or the kernel's OOM kill) is recorded as "oom", and
     larger points of that model are then skipped; points past the model's window are skipped with a reason.
-Writes OUT/bench.json ({"run_id", "config", "env" with the measured "matmul_flops" and
-"mem_bandwidth_bytes_s", "points"}; a point's numbers are the MEASURED names below, None unless its status
+Writes OUT/bench.json ({"run_id", "config", "env" with the measured "matmul_flops" (the fastest of
+"matmul_paths") and "mem_bandwidth_bytes_s", "points"}; a point's numbers are the MEASURED names below, None unless its status
 is "ok"), one store record per point (kind "bench"), and prints a table.
 """
 from __future__ import annotations
@@ -330,7 +330,8 @@ def bench(models: list[str], contexts: list[int], batches: list[int], new_tokens
     with Store(db) as store:
         metas = [_model_meta(m, engine, device, dtype, store, run_id) for m in models]  # bad names fail first
         console.print("measuring the machine's matmul rate and memory bandwidth ...")
-        env = {**environment(device), "matmul_flops": roofline.matmul_flops(device, DTYPES[dtype]),
+        rates = roofline.matmul_rates(device, DTYPES[dtype])
+        env = {**environment(device), "matmul_flops": max(rates.values()), "matmul_paths": rates,
                "matmul_dtype": dtype, "mem_bandwidth_bytes_s": roofline.mem_bandwidth(device)}
         store.ensure_run(run_id, "bench", config, env)
         result = {"run_id": run_id, "config": config, "env": env, "points": []}

@@ -1,9 +1,9 @@
 """Roofline accounting for `archbench bench`: the machine's measured rates and the work of a bench point.
 
 Rates are measured by the bench command itself, once per run, on the run's device (and dtype for matmuls):
-  matmul_flops()   median FLOP/s of n x n @ n x n products (2 n^3 FLOPs each), device synchronised, through
-                   the fastest path the engine uses: torch.mm, and on CPU fp32 also oneDNN's prepacked
-                   linear (fastlinear.py), which beats MKL's sgemm by 2x on AMD EPYC; the larger median;
+  matmul_rates()   median FLOP/s of n x n @ n x n products (2 n^3 FLOPs each), device synchronised, per path
+                   the engine uses: torch.mm, and on CPU fp32 also oneDNN's prepacked linear (fastlinear.py),
+                   which beats MKL's sgemm by ~2x on AMD EPYC; the fastest is the machine's matmul rate;
   mem_bandwidth()  median bytes/s of large tensor copies, counting bytes read plus bytes written.
 
 Work per point (batch B, prompt T tokens), following Kaplan et al. 2020's 2N FLOPs per token and
@@ -41,17 +41,19 @@ def _median_s(fn, device: torch.device, repeats: int) -> float:
     return statistics.median(times)
 
 
-def matmul_flops(device="cpu", dtype: torch.dtype = torch.float32, n: int | None = None, repeats: int = 5) -> float:
-    """Median FLOP/s of square matmuls (n = 2048 on CPU, 8192 on CUDA) by the fastest path (module docstring)."""
+def matmul_rates(device="cpu", dtype: torch.dtype = torch.float32, n: int | None = None,
+                 repeats: int = 5) -> dict[str, float]:
+    """Median FLOP/s of square matmuls (n = 2048 on CPU, 8192 on CUDA) per path: "torch.mm", and
+    "onednn-prepacked" where fastlinear applies."""
     device = torch.device(device)
     n = n or (8192 if device.type == "cuda" else 2048)
     gen = torch.Generator(device="cpu").manual_seed(0)
     a, b = (torch.randn(n, n, generator=gen).to(device, dtype) for _ in range(2))
-    paths = [lambda: torch.mm(a, b)]
+    paths = {"torch.mm": lambda: torch.mm(a, b)}
     if fastlinear.available(device, dtype):
         w = fastlinear.pack(b.t())
-        paths.append(lambda: fastlinear.linear(a, w))
-    return 2 * n**3 / min(_median_s(fn, device, repeats) for fn in paths)
+        paths["onednn-prepacked"] = lambda: fastlinear.linear(a, w)
+    return {name: 2 * n**3 / _median_s(fn, device, repeats) for name, fn in paths.items()}
 
 
 def mem_bandwidth(device="cpu", nbytes: int | None = None, repeats: int = 5) -> float:
