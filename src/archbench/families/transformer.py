@@ -7,15 +7,18 @@ left-padded attention mask, explicit position ids, a `DynamicCache` whose layers
 buffers (`Preallocated`: no per-step concatenation of the whole cache), and
 `logits_to_keep=1` so that the vocabulary projection runs on the last position only.
 
-Decode of GPT-2 and Llama-style models (`_LEAN`) calls the model's submodules directly (no mask building,
-no cache bookkeeping per layer), and after a shared prefix uses cascade attention (as in Hydragen,
-Juravsky et al. 2024): the prefix keys/values stay batch-1 and are read once per step for the whole batch,
-each row keeps only its own suffix in the cache, and the two partial softmaxes are merged by their
-log-sum-exp. Outputs equal attention over the concatenated cache; KV reads per step drop from
-B * (P + S) to P + B * S columns. Other model types decode through transformers' forward. A shared prompt
-prefix is prefilled once (batch 1); each batch starts from a copy of its keys/values, shifted right per
-row so that every row stays purely left-padded (pads never sit between prefix and suffix, so sliding
-windows and learned positions see exactly what a batch-1 run sees).
+Decode of GPT-2 and Llama-style models (`_LEAN`), and their prefill after a shared prefix, call the model's
+submodules directly (`_gpt2_forward`, `_llama_forward`: no mask building, no cache bookkeeping per layer)
+and use cascade attention (as in Hydragen, Juravsky et al. 2024): the prefix keys/values stay batch-1, each
+row keeps only its own suffix in the cache, and two partial softmaxes are merged by their log-sum-exp:
+the prefix part (every row and query head of a key head in one product, the prefix read once) and the
+suffix part (each row over its own columns, causal). Outputs equal attention over the concatenated cache;
+KV reads per decode step drop from B * (P + S) to P + B * S columns. On CPU fp32 a prefill's prefix part
+runs as oneDNN products with the prefix keys/values packed once like weights (fastlinear.py), in blocks of
+CHUNK queries, and its suffix part in PyTorch's fused CPU flash kernel, which also returns the log-sum-exp.
+Other model types go through transformers' forward; there a shared prompt prefix is prefilled once
+(batch 1) and each batch starts from a copy of its keys/values, shifted right per row so that every row
+stays purely left-padded (sliding windows and learned positions see exactly what a batch-1 run sees).
 """
 from __future__ import annotations
 
@@ -24,10 +27,15 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import DynamicLayer
 
+from archbench import fastlinear
+
 NAME = "transformer"
 MODEL_TYPES = frozenset()  # catch-all: every decoder-only type not owned by a recurrent family
 PAD_SAFE = True
 SPARE = 128  # free KV columns allocated beyond the tokens written: decode steps before a reallocation
+CHUNK = 512  # query rows per block of prefix attention (measured best of 256 / 512 / 1024 on this CPU)
+# the fused CPU attention kernel behind F.scaled_dot_product_attention, which also returns the log-sum-exp
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 LORA_TARGETS = {
     "gpt2": ["c_attn", "c_proj", "c_fc"],
     "gpt_neo": ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"],
@@ -41,12 +49,13 @@ class State:
     cache: object  # transformers DynamicCache: per layer keys/values (B, kv_heads, W, head_dim)
     mask: torch.Tensor  # (B, W) 1 = real token, 0 = left padding (over prefix + suffix: gives positions)
     ids: list[list[int]]  # prompt token ids per row (a prefix state is re-read from these)
-    shared: list | None = None  # cascade decode: per layer batch-1 prefix (keys, values) (kv_heads, P, head_dim)
-    keep: torch.Tensor | None = None  # cascade decode: (B, S) 1 = a suffix column the row attends to
+    shared: list | None = None  # cascade: per layer batch-1 prefix (keys, values, packed) (kv_heads, P, head_dim);
+    # on a prefix state itself: the same, made from its own cache by `_shared` when rows first continue it
+    keep: torch.Tensor | None = None  # own forward: (B, S) 1 = a cache column the row attends to
 
 
 def kernel(model) -> str:
-    lean = "+own-decode-step+cascade-prefix" if model.config.model_type in _LEAN else ""
+    lean = "+own-forward+cascade-prefix-attention" if model.config.model_type in _LEAN else ""
     return f"transformers-{model.config._attn_implementation}-preallocated-kv{lean}"
 
 
@@ -107,6 +116,15 @@ def prefill(model, seqs, state: State | None = None) -> tuple[State, torch.Tenso
     p, smax = len(pre), max(len(s) for s in seqs)
     pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     pads = torch.tensor([smax - len(s) for s in seqs], device=dev)  # (B,)
+    rows = [pre + s for s in seqs]
+    lean = _LEAN.get(model.config.model_type)
+    if state is not None and p and lean is not None:  # cascade: the prefix stays batch-1, rows keep suffixes
+        keep = (torch.arange(smax, device=dev)[None] >= pads[:, None]).long()  # (B, S)
+        mask = torch.cat([keep.new_ones(len(seqs), p), keep], dim=1)  # pads sit between prefix and suffix
+        grown = State(_cache(model), mask, rows, _shared(state), keep)
+        pos = (mask.cumsum(-1) - 1)[:, p:]  # (B, S); pads repeat the last prefix position, and no query sees them
+        ids = torch.tensor([[pad_id] * (smax - len(s)) + s for s in seqs], device=dev)  # (B, S)
+        return grown, lean(model, ids, pos, grown).float()
     full = torch.tensor([[pad_id] * (smax - len(s)) + pre + s for s in seqs], device=dev)  # (B, P+S)
     mask = (torch.arange(p + smax, device=dev)[None] >= pads[:, None]).long()  # (B, P+S)
     cache = _cache(model)
@@ -116,79 +134,127 @@ def prefill(model, seqs, state: State | None = None) -> tuple[State, torch.Tenso
         for i, layer in enumerate(state.cache.layers):
             k, v = layer.keys[0][:, col], layer.values[0][:, col]  # (H, B, P, D)
             cache.update(k.transpose(0, 1).contiguous(), v.transpose(0, 1).contiguous(), i)
-        ids = full[:, p:]
-    else:
-        ids = full
-    logits = _forward(model, ids, mask, cache)
-    rows = [pre + s for s in seqs]
-    if state is None or not p or model.config.model_type not in _LEAN:
-        return State(cache, mask, rows), logits
-    # cascade: keep the prefix once (batch 1) and only the suffix columns per row; a row's first pads_r
-    # suffix columns hold its recomputed prefix tail, already covered by the shared prefix
-    shared = [(layer.keys[0], layer.values[0]) for layer in state.cache.layers]
-    suffix = _cache(model)
-    for i, layer in enumerate(cache.layers):
-        suffix.update(layer.keys[:, :, p:].contiguous(), layer.values[:, :, p:].contiguous(), i)
-    keep = (torch.arange(smax, device=dev)[None] >= pads[:, None]).long()  # (B, S)
-    return State(suffix, mask, rows, shared, keep), logits
+    return State(cache, mask, rows), _forward(model, full[:, p:] if state is not None else full, mask, cache)
 
 
-def _softmax_parts(q, keys, values, scale, keep=None):
-    """Unnormalised attention of grouped queries q (G, N, R, D) over keys/values (G, N, T, D): returns the
-    weighted values (G, N, R, D), the weight sums and the score maxima (G, N, R, 1). keep (N, T) masks keys."""
-    s = torch.matmul(q, keys.transpose(-1, -2)) * scale  # (G, N, R, T)
-    if keep is not None:
-        s = s.masked_fill(keep[:, None, None, :] == 0, -torch.inf)
+def _shared(prefix: State) -> list:
+    """Per layer the batch-1 prefix (keys, values) (Hkv, P, D) and, where fastlinear applies, both packed
+    for oneDNN per key head (keys as an (P, D) weight, values as (D, P)); computed once per prefix state."""
+    if prefix.shared is None:
+        prefix.shared = []
+        for layer in prefix.cache.layers:
+            k, v = layer.keys[0], layer.values[0]
+            packed = None
+            if fastlinear.available(k.device, k.dtype):
+                packed = ([fastlinear.pack(kh) for kh in k], [fastlinear.pack(vh.t()) for vh in v])
+            prefix.shared.append((k, v, packed))
+    return prefix.shared
+
+
+def _softmax_parts(q, keys, values, scale, visible=None):
+    """Unnormalised attention of queries q (..., N, D) over keys/values (..., T, D): the weighted values
+    (..., N, D), the weight sums and the score maxima (..., N, 1). visible (bool, broadcast to (..., N, T))
+    masks scores."""
+    s = torch.matmul(q, keys.transpose(-1, -2)) * scale  # (..., N, T)
+    if visible is not None:
+        s = s.masked_fill(~visible, -torch.inf)
     m = s.amax(-1, keepdim=True)
     e = torch.exp(s - m)
     return torch.matmul(e, values), e.sum(-1, keepdim=True), m
 
 
-def _attend(q, layer, k, v, shared, keep, scale) -> torch.Tensor:
-    """Attention of q (B, Hq, D) over each row's cache `layer` (after appending k, v (B, Hkv, D)) and, when
-    `shared` is a batch-1 prefix (keys, values) (Hkv, P, D), over that prefix too, the two partial softmaxes
-    merged by log-sum-exp. keep (B, S) masks cache columns. Returns (B, Hq * D)."""
-    b, hq, d = q.shape
-    keys, values = layer.update(k[:, :, None], v[:, :, None])  # (B, Hkv, S, D)
+def _prefix_parts(q, shared, scale):
+    """`_softmax_parts` of q (Hkv, N, D) over a batch-1 prefix (keys, values, packed). Many queries (a
+    prefill) with oneDNN-packed keys/values: per key head in blocks of CHUNK query rows, each block's scores
+    staying in cache; few (a decode step): one batched matmul."""
+    keys, values, packed = shared
+    if packed is None or q.shape[1] < CHUNK:
+        return _softmax_parts(q, keys, values, scale)
+    parts = []
+    for qh, kp, vp in zip(q * scale, *packed):
+        blocks = []
+        for qc in qh.split(CHUNK):
+            s = fastlinear.linear(qc, kp)  # (n, P)
+            m = s.amax(-1, keepdim=True)
+            e = s.sub_(m).exp_()
+            blocks.append((fastlinear.linear(e, vp), e.sum(-1, keepdim=True), m))
+        parts.append([torch.cat(b) for b in zip(*blocks)])
+    return [torch.stack(t) for t in zip(*parts)]
+
+
+def _suffix_parts(q, keys, values, visible, scale):
+    """`_softmax_parts` of q (B, Hq, S, D) over each row's own cache columns (B, Hkv, W, D) with visibility
+    (B, S, W), in the grouped layout (B, Hkv, R*S, .). A CPU prefill uses PyTorch's fused CPU flash kernel,
+    which also returns the log-sum-exp (weights then sum to 1 and the maximum is the log-sum-exp)."""
+    b, hq, n, d = q.shape
     hkv = keys.shape[1]
-    qg = q.view(b, hkv, hq // hkv, d)  # (B, Hkv, R, D): query heads grouped by their key head
-    o, l, m = _softmax_parts(qg, keys, values, scale, keep)  # each row over its own columns
-    if shared is not None:  # prefix: every row and query head of a group in one matmul, reading it once
-        pq = qg.permute(1, 0, 2, 3).reshape(hkv, 1, -1, d)  # (Hkv, 1, B*R, D)
-        op, lp, mp = (t.view(hkv, b, -1, t.shape[-1]).permute(1, 0, 2, 3)  # (B, Hkv, R, .)
-                      for t in _softmax_parts(pq, shared[0][:, None], shared[1][:, None], scale))
+    if n == 1 or q.device.type != "cpu" or _FLASH_CPU is None:
+        return _softmax_parts(q.reshape(b, hkv, hq // hkv * n, d), keys, values, scale,
+                              visible.repeat(1, hq // hkv, 1)[:, None])
+    bias = torch.zeros(visible.shape, dtype=q.dtype, device=q.device).masked_fill_(~visible, -torch.inf)
+    keys, values = (t.repeat_interleave(hq // hkv, dim=1) for t in (keys, values))  # (B, Hq, W, D)
+    o, lse = _FLASH_CPU(q, keys, values, 0.0, False, attn_mask=bias[:, None], scale=scale)
+    lse = lse.reshape(b, hkv, -1, 1)
+    return o.reshape(b, hkv, -1, d), torch.ones_like(lse), lse
+
+
+def _attend(q, layer, k, v, shared, visible, scale) -> torch.Tensor:
+    """Attention of q (B, Hq, S, D) over each row's cache `layer` (after appending k, v (B, Hkv, S, D)),
+    `visible` (B, S, W) saying which cache columns each query sees, and, when `shared` is a batch-1 prefix,
+    over all of that prefix too: the two partial softmaxes merged by log-sum-exp. Returns (B, S, Hq * D)."""
+    b, hq, n, d = q.shape
+    keys, values = layer.update(k, v)  # (B, Hkv, W, D)
+    hkv = keys.shape[1]
+    o, l, m = _suffix_parts(q, keys, values, visible, scale)  # (B, Hkv, R*S, .)
+    if shared is not None:  # every row and query head of a group in one product, reading the prefix once
+        pq = q.reshape(b, hkv, -1, d).transpose(0, 1).reshape(hkv, -1, d)  # (Hkv, B*R*S, D)
+        op, lp, mp = (t.view(hkv, b, -1, t.shape[-1]).transpose(0, 1) for t in _prefix_parts(pq, shared, scale))
         mx = torch.maximum(m, mp)
         wp, ws = torch.exp(mp - mx), torch.exp(m - mx)
         o, l = op * wp + o * ws, lp * wp + l * ws
-    return (o / l).reshape(b, hq * d)
+    return (o / l).reshape(b, hq, n, d).transpose(1, 2).reshape(b, n, hq * d)
 
 
-def _gpt2_step(model, tokens, pos, state) -> torch.Tensor:
+def _visible(keep: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, S, W) bool: the last n of the W cache columns are the new queries; each sees the kept columns up
+    to its own, and its own always (a pad query then has a finite output, which no kept column passes on)."""
+    w = keep.shape[1]
+    col, row = torch.arange(w, device=keep.device)[None], torch.arange(w - n, w, device=keep.device)[:, None]
+    return ((keep[:, None, :] != 0) & (col <= row)) | (col == row)
+
+
+def _gpt2_forward(model, ids, pos, state) -> torch.Tensor:
     tr, d, heads = model.transformer, model.config.n_embd, model.config.n_head
-    x = tr.wte(tokens) + tr.wpe(pos)  # (B, d)
+    b, n = ids.shape
+    x = tr.wte(ids) + tr.wpe(pos)  # (B, S, d)
+    visible = _visible(state.keep, n)
     for block, layer, shared in zip(tr.h, state.cache.layers, state.shared or [None] * len(tr.h)):
-        q, k, v = (t.view(len(x), heads, d // heads) for t in block.attn.c_attn(block.ln_1(x)).split(d, dim=-1))
-        x = x + block.attn.c_proj(_attend(q, layer, k, v, shared, state.keep, block.attn.scaling))
+        q, k, v = (t.view(b, n, heads, d // heads).transpose(1, 2)
+                   for t in block.attn.c_attn(block.ln_1(x)).split(d, dim=-1))  # (B, H, S, D)
+        x = x + block.attn.c_proj(_attend(q, layer, k, v, shared, visible, block.attn.scaling))
         x = x + block.mlp(block.ln_2(x))
-    return model.lm_head(tr.ln_f(x))
+    return model.lm_head(tr.ln_f(x[:, -1]))
 
 
-def _llama_step(model, tokens, pos, state) -> torch.Tensor:
+def _llama_forward(model, ids, pos, state) -> torch.Tensor:
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     m = model.model
-    x = m.embed_tokens(tokens)  # (B, d)
-    cos, sin = m.rotary_emb(x[:, None], pos[:, None])  # (B, 1, head_dim)
+    b, n = ids.shape
+    x = m.embed_tokens(ids)  # (B, S, d)
+    cos, sin = m.rotary_emb(x, pos)  # (B, S, head_dim)
+    visible = _visible(state.keep, n)
     for block, layer, shared in zip(m.layers, state.cache.layers, state.shared or [None] * len(m.layers)):
         attn, h = block.self_attn, block.input_layernorm(x)
-        q, k, v = (proj(h).view(len(x), -1, 1, attn.head_dim) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)  # (B, H, 1, D)
-        x = x + attn.o_proj(_attend(q[:, :, 0], layer, k[:, :, 0], v[:, :, 0], shared, state.keep, attn.scaling))
+        q, k, v = (proj(h).view(b, n, -1, attn.head_dim).transpose(1, 2)
+                   for proj in (attn.q_proj, attn.k_proj, attn.v_proj))  # (B, H, S, D)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        x = x + attn.o_proj(_attend(q, layer, k, v, shared, visible, attn.scaling))
         x = x + block.mlp(block.post_attention_layernorm(x))
-    return model.lm_head(m.norm(x))
+    return model.lm_head(m.norm(x[:, -1]))
 
 
-_LEAN = {"gpt2": _gpt2_step, "llama": _llama_step}
+_LEAN = {"gpt2": _gpt2_forward, "llama": _llama_forward}
 
 
 def step(model, tokens: torch.Tensor, state: State) -> tuple[State, torch.Tensor]:
@@ -200,7 +266,7 @@ def step(model, tokens: torch.Tensor, state: State) -> tuple[State, torch.Tensor
     # the cache columns are the mask's, or with a shared prefix the suffix's
     keep = mask if state.shared is None else torch.cat([state.keep, state.keep.new_ones(len(tokens), 1)], dim=1)
     grown = State(state.cache, mask, state.ids, state.shared, keep)
-    return grown, lean(model, tokens, mask.sum(-1) - 1, grown).float()
+    return grown, lean(model, tokens[:, None], mask.sum(-1, keepdim=True) - 1, grown).float()
 
 
 def select(state: State, rows: torch.Tensor) -> State:
@@ -211,8 +277,9 @@ def select(state: State, rows: torch.Tensor) -> State:
 
 
 def state_bytes(state: State) -> int:
-    """Bytes of the KV cache tensors (keys and values of every layer; a shared prefix counted once)."""
-    shared = [t for kv in state.shared or [] for t in kv]
+    """Bytes of the KV cache tensors (keys and values of every layer; a shared prefix counted once, its
+    oneDNN-packed copy not counted)."""
+    shared = [t for k, v, _ in state.shared or [] for t in (k, v)]
     return sum(t.numel() * t.element_size() for t in shared) + sum(
         t.numel() * t.element_size() for layer in state.cache.layers for t in (layer.keys, layer.values)
         if t is not None)
