@@ -184,18 +184,18 @@ def _prefix_parts(q, shared, scale):
 
 def _suffix_parts(q, keys, values, visible, scale):
     """`_softmax_parts` of q (B, Hq, S, D) over each row's own cache columns (B, Hkv, W, D) with visibility
-    (B, S, W), in the grouped layout (B, Hkv, R*S, .). A CPU prefill uses PyTorch's fused CPU flash kernel,
-    which also returns the log-sum-exp (weights then sum to 1 and the maximum is the log-sum-exp)."""
+    (B, S, W), in the grouped layout (B, Hkv, R*S, .): the R query heads of a key head are rows of one
+    problem. A CPU prefill uses PyTorch's fused CPU flash kernel, which also returns the log-sum-exp
+    (weights then sum to 1 and the maximum is the log-sum-exp)."""
     b, hq, n, d = q.shape
     hkv = keys.shape[1]
+    qg, seen = q.reshape(b, hkv, hq // hkv * n, d), visible.repeat(1, hq // hkv, 1)[:, None]  # (B, 1, R*S, W)
     if n == 1 or q.device.type != "cpu" or _FLASH_CPU is None:
-        return _softmax_parts(q.reshape(b, hkv, hq // hkv * n, d), keys, values, scale,
-                              visible.repeat(1, hq // hkv, 1)[:, None])
-    bias = torch.zeros(visible.shape, dtype=q.dtype, device=q.device).masked_fill_(~visible, -torch.inf)
-    keys, values = (t.repeat_interleave(hq // hkv, dim=1) for t in (keys, values))  # (B, Hq, W, D)
-    o, lse = _FLASH_CPU(q, keys, values, 0.0, False, attn_mask=bias[:, None], scale=scale)
+        return _softmax_parts(qg, keys, values, scale, seen)
+    bias = torch.zeros(seen.shape, dtype=q.dtype, device=q.device).masked_fill_(~seen, -torch.inf)
+    o, lse = _FLASH_CPU(qg, keys, values, 0.0, False, attn_mask=bias, scale=scale)
     lse = lse.reshape(b, hkv, -1, 1)
-    return o.reshape(b, hkv, -1, d), torch.ones_like(lse), lse
+    return o, torch.ones_like(lse), lse
 
 
 def _attend(q, layer, k, v, shared, visible, scale) -> torch.Tensor:
