@@ -9,13 +9,15 @@ buffers (`Preallocated`: no per-step concatenation of the whole cache), and
 
 Decode of GPT-2 and Llama-style models (`_LEAN`), and their prefill after a shared prefix, call the model's
 submodules directly (`_gpt2_forward`, `_llama_forward`: no mask building, no cache bookkeeping per layer)
-and use cascade attention (as in Hydragen, Juravsky et al. 2024): the prefix keys/values stay batch-1, each
-row keeps only its own suffix in the cache, and two partial softmaxes are merged by their log-sum-exp:
-the prefix part (every row and query head of a key head in one product, the prefix read once) and the
-suffix part (each row over its own columns, causal). Outputs equal attention over the concatenated cache;
-KV reads per decode step drop from B * (P + S) to P + B * S columns. On CPU fp32 a prefill's prefix part
-runs as oneDNN products with the prefix keys/values packed once like weights (fastlinear.py), in blocks of
-CHUNK queries, and its suffix part in PyTorch's fused CPU flash kernel, which also returns the log-sum-exp.
+and use cascade attention (as in Hydragen, Juravsky et al. 2024): the prefix keys/values stay batch-1 and
+each row keeps only its own suffix in the cache. The prefix scores of every row's queries of a key head
+come from one product (the prefix is read once for the batch) and one softmax covers them and the row's
+own columns; KV reads per decode step drop from B * (P + S) to P + B * S columns. For a prefill on CPU
+fp32 the prefix part runs instead as oneDNN products with the prefix keys/values packed once like weights
+(fastlinear.py), in blocks of CHUNK queries, and the rows' own causal part in PyTorch's fused CPU flash
+kernel, which also returns the log-sum-exp that merges the two. Outputs equal attention over the
+concatenated cache. GPT-2's tanh GELU runs as one fused op (`F.gelu(approximate="tanh")`, the same
+function as transformers' "gelu_new" in fewer passes).
 Other model types go through transformers' forward; there a shared prompt prefix is prefilled once
 (batch 1) and each batch starts from a copy of its keys/values, shifted right per row so that every row
 stays purely left-padded (sliding windows and learned positions see exactly what a batch-1 run sees).
@@ -25,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
 
 from archbench import fastlinear
@@ -151,27 +154,29 @@ def _shared(prefix: State) -> list:
     return prefix.shared
 
 
-def _softmax_parts(q, keys, values, scale, visible=None):
-    """Unnormalised attention of queries q (..., N, D) over keys/values (..., T, D): the weighted values
-    (..., N, D), the weight sums and the score maxima (..., N, 1). visible (bool, broadcast to (..., N, T))
-    masks scores."""
-    s = torch.matmul(q, keys.transpose(-1, -2)) * scale  # (..., N, T)
-    if visible is not None:
-        s = s.masked_fill(~visible, -torch.inf)
-    m = s.amax(-1, keepdim=True)
-    e = torch.exp(s - m)
-    return torch.matmul(e, values), e.sum(-1, keepdim=True), m
+def _one_softmax(qg, keys, values, seen, shared, scale) -> torch.Tensor:
+    """Attention of grouped queries qg (B, Hkv, N, D) over each row's cache columns (B, Hkv, W, D) as
+    `seen` (B, 1, N, W) allows, and over a batch-1 prefix `shared` (read once: every row's queries of a key
+    head in one product), one softmax over both. Returns (B, Hkv, N, D)."""
+    qg = qg * scale
+    s = torch.matmul(qg, keys.transpose(-1, -2)).masked_fill_(~seen, -torch.inf)  # (B, Hkv, N, W)
+    if shared is None:
+        return torch.matmul(torch.softmax(s, -1), values)
+    pk, pv, _ = shared
+    b, hkv, n, d = qg.shape
+    p = pk.shape[1]
+    sp = torch.matmul(qg.transpose(0, 1).reshape(hkv, -1, d), pk.transpose(1, 2))  # (Hkv, B*N, P)
+    w = torch.softmax(torch.cat([sp.view(hkv, b, n, p).transpose(0, 1), s], -1), -1)  # (B, Hkv, N, P+W)
+    op = torch.matmul(w[..., :p].transpose(0, 1).reshape(hkv, -1, p), pv)  # (Hkv, B*N, D)
+    return op.view(hkv, b, n, d).transpose(0, 1) + torch.matmul(w[..., p:], values)
 
 
-def _prefix_parts(q, shared, scale):
-    """`_softmax_parts` of q (Hkv, N, D) over a batch-1 prefix (keys, values, packed). Many queries (a
-    prefill) with oneDNN-packed keys/values: per key head in blocks of CHUNK query rows, each block's scores
-    staying in cache; few (a decode step): one batched matmul."""
-    keys, values, packed = shared
-    if packed is None or q.shape[1] < CHUNK:
-        return _softmax_parts(q, keys, values, scale)
+def _prefix_blocks(q, packed) -> list[torch.Tensor]:
+    """Unnormalised attention of scaled queries q (Hkv, N, D) over a prefix packed for oneDNN, per key head
+    in blocks of CHUNK rows (each block's scores stay in cache): weighted values (Hkv, N, D), weight sums
+    and score maxima (Hkv, N, 1)."""
     parts = []
-    for qh, kp, vp in zip(q * scale, *packed):
+    for qh, kp, vp in zip(q, *packed):
         blocks = []
         for qc in qh.split(CHUNK):
             s = fastlinear.linear(qc, kp)  # (n, P)
@@ -182,37 +187,32 @@ def _prefix_parts(q, shared, scale):
     return [torch.stack(t) for t in zip(*parts)]
 
 
-def _suffix_parts(q, keys, values, visible, scale):
-    """`_softmax_parts` of q (B, Hq, S, D) over each row's own cache columns (B, Hkv, W, D) with visibility
-    (B, S, W), in the grouped layout (B, Hkv, R*S, .): the R query heads of a key head are rows of one
-    problem. A CPU prefill uses PyTorch's fused CPU flash kernel, which also returns the log-sum-exp
-    (weights then sum to 1 and the maximum is the log-sum-exp)."""
-    b, hq, n, d = q.shape
-    hkv = keys.shape[1]
-    qg, seen = q.reshape(b, hkv, hq // hkv * n, d), visible.repeat(1, hq // hkv, 1)[:, None]  # (B, 1, R*S, W)
-    if n == 1 or q.device.type != "cpu" or _FLASH_CPU is None:
-        return _softmax_parts(qg, keys, values, scale, seen)
-    bias = torch.zeros(seen.shape, dtype=q.dtype, device=q.device).masked_fill_(~seen, -torch.inf)
-    o, lse = _FLASH_CPU(qg, keys, values, 0.0, False, attn_mask=bias, scale=scale)
-    lse = lse.reshape(b, hkv, -1, 1)
-    return o, torch.ones_like(lse), lse
+def _cpu_prefill(qg, keys, values, seen, shared, scale) -> torch.Tensor:
+    """`_one_softmax` for a prefill on CPU: the prefix part in oneDNN blocks, each row's own part in
+    PyTorch's fused CPU flash kernel (which also returns its log-sum-exp), merged by log-sum-exp."""
+    b, hkv, n, d = qg.shape
+    bias = torch.zeros(seen.shape, dtype=qg.dtype, device=qg.device).masked_fill_(~seen, -torch.inf)
+    os_, lse = _FLASH_CPU(qg, keys, values, 0.0, False, attn_mask=bias, scale=scale)  # (B, Hkv, N, D), (B, Hkv, N)
+    lse = lse.reshape(b, hkv, n, 1)
+    pq = (qg * scale).transpose(0, 1).reshape(hkv, -1, d)  # (Hkv, B*N, D)
+    op, lp, mp = (t.view(hkv, b, n, -1).transpose(0, 1) for t in _prefix_blocks(pq, shared[2]))
+    mx = torch.maximum(lse, mp)
+    wp, ws = torch.exp(mp - mx), torch.exp(lse - mx)
+    return (op * wp + os_ * ws) / (lp * wp + ws)
 
 
 def _attend(q, layer, k, v, shared, visible, scale) -> torch.Tensor:
     """Attention of q (B, Hq, S, D) over each row's cache `layer` (after appending k, v (B, Hkv, S, D)),
-    `visible` (B, S, W) saying which cache columns each query sees, and, when `shared` is a batch-1 prefix,
-    over all of that prefix too: the two partial softmaxes merged by log-sum-exp. Returns (B, S, Hq * D)."""
+    `visible` (B, S, W) saying which cache columns each query sees, and over all of a batch-1 prefix
+    `shared` when there is one. The R query heads of a key head are rows of one problem. Returns
+    (B, S, Hq * D)."""
     b, hq, n, d = q.shape
     keys, values = layer.update(k, v)  # (B, Hkv, W, D)
-    hkv = keys.shape[1]
-    o, l, m = _suffix_parts(q, keys, values, visible, scale)  # (B, Hkv, R*S, .)
-    if shared is not None:  # every row and query head of a group in one product, reading the prefix once
-        pq = q.reshape(b, hkv, -1, d).transpose(0, 1).reshape(hkv, -1, d)  # (Hkv, B*R*S, D)
-        op, lp, mp = (t.view(hkv, b, -1, t.shape[-1]).transpose(0, 1) for t in _prefix_parts(pq, shared, scale))
-        mx = torch.maximum(m, mp)
-        wp, ws = torch.exp(mp - mx), torch.exp(m - mx)
-        o, l = op * wp + o * ws, lp * wp + l * ws
-    return (o / l).reshape(b, hq, n, d).transpose(1, 2).reshape(b, n, hq * d)
+    r = hq // keys.shape[1]
+    qg, seen = q.reshape(b, -1, r * n, d), visible.repeat(1, r, 1)[:, None]  # (B, Hkv, R*S, D), (B, 1, R*S, W)
+    many = n > 1 and shared is not None and shared[2] is not None and _FLASH_CPU is not None
+    o = (_cpu_prefill if many else _one_softmax)(qg, keys, values, seen, shared, scale)
+    return o.reshape(b, hq, n, d).transpose(1, 2).reshape(b, n, hq * d)
 
 
 def _visible(keep: torch.Tensor, n: int) -> torch.Tensor:
@@ -225,6 +225,7 @@ def _visible(keep: torch.Tensor, n: int) -> torch.Tensor:
 
 def _gpt2_forward(model, ids, pos, state) -> torch.Tensor:
     tr, d, heads = model.transformer, model.config.n_embd, model.config.n_head
+    tanh_gelu = model.config.activation_function in ("gelu_new", "gelu_pytorch_tanh")
     b, n = ids.shape
     x = tr.wte(ids) + tr.wpe(pos)  # (B, S, d)
     visible = _visible(state.keep, n)
@@ -232,7 +233,8 @@ def _gpt2_forward(model, ids, pos, state) -> torch.Tensor:
         q, k, v = (t.view(b, n, heads, d // heads).transpose(1, 2)
                    for t in block.attn.c_attn(block.ln_1(x)).split(d, dim=-1))  # (B, H, S, D)
         x = x + block.attn.c_proj(_attend(q, layer, k, v, shared, visible, block.attn.scaling))
-        x = x + block.mlp(block.ln_2(x))
+        x = x + (block.mlp.c_proj(F.gelu(block.mlp.c_fc(block.ln_2(x)), approximate="tanh")) if tanh_gelu
+                 else block.mlp(block.ln_2(x)))
     return model.lm_head(tr.ln_f(x[:, -1]))
 
 
