@@ -7,20 +7,21 @@ left-padded attention mask, explicit position ids, a `DynamicCache` whose layers
 buffers (`Preallocated`: no per-step concatenation of the whole cache), and
 `logits_to_keep=1` so that the vocabulary projection runs on the last position only.
 
-Decode of GPT-2 and Llama-style models (`_LEAN`), and their prefill after a shared prefix, call the model's
-submodules directly (`_gpt2_forward`, `_llama_forward`: no mask building, no cache bookkeeping per layer)
-and use cascade attention (as in Hydragen, Juravsky et al. 2024): the prefix keys/values stay batch-1 and
-each row keeps only its own suffix in the cache. The prefix scores of every row's queries of a key head
-come from one product (the prefix is read once for the batch) and one softmax covers them and the row's
-own columns; KV reads per decode step drop from B * (P + S) to P + B * S columns. For a prefill on CPU
-fp32 the prefix part runs instead as oneDNN products with the prefix keys/values packed once like weights
-(fastlinear.py), in blocks of CHUNK queries, and the rows' own causal part in PyTorch's fused CPU flash
-kernel, which also returns the log-sum-exp that merges the two. Outputs equal attention over the
-concatenated cache. GPT-2's tanh GELU runs as one fused op (`F.gelu(approximate="tanh")`, the same
-function as transformers' "gelu_new" in fewer passes).
-Other model types go through transformers' forward; there a shared prompt prefix is prefilled once
-(batch 1) and each batch starts from a copy of its keys/values, shifted right per row so that every row
-stays purely left-padded (sliding windows and learned positions see exactly what a batch-1 run sees).
+Decode of GPT-2 and Llama-style models (`_LEAN`) calls the model's submodules directly (`_gpt2_forward`,
+`_llama_forward`: no mask building, no cache bookkeeping per layer) and, after a shared prefix, uses
+cascade attention (as in Hydragen, Juravsky et al. 2024): the prefix keys/values stay batch-1 and each row
+keeps only its own suffix in the cache. The prefix scores of every row's queries of a key head come from
+one product (the prefix is read once for the batch) and one softmax covers them and the row's own
+columns; KV reads per decode step drop from B * (P + S) to P + B * S columns. On CPU fp32 the prefill
+after a shared prefix runs through the same forward: the prefix part as oneDNN products with the prefix
+keys/values packed once like weights (fastlinear.py), in blocks of CHUNK queries, and the rows' own
+causal part in PyTorch's fused CPU flash kernel, which also returns the log-sum-exp that merges the two.
+Outputs equal attention over the concatenated cache. GPT-2's tanh GELU runs as one fused op
+(`F.gelu(approximate="tanh")`, the same function as transformers' "gelu_new" in fewer passes).
+Elsewhere, and for other model types, a prefill goes through transformers' forward: each batch starts
+from a copy of the prefix keys/values, shifted right per row so that every row stays purely left-padded
+(sliding windows and learned positions see exactly what a batch-1 run sees); for cascade decode the cache
+is then cut to the suffix columns.
 """
 from __future__ import annotations
 
@@ -120,14 +121,14 @@ def prefill(model, seqs, state: State | None = None) -> tuple[State, torch.Tenso
     pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     pads = torch.tensor([smax - len(s) for s in seqs], device=dev)  # (B,)
     rows = [pre + s for s in seqs]
-    lean = _LEAN.get(model.config.model_type)
-    if state is not None and p and lean is not None:  # cascade: the prefix stays batch-1, rows keep suffixes
+    cascade = state is not None and p and model.config.model_type in _LEAN
+    if cascade and _cpu_cascade(model):  # the prefix stays batch-1, rows keep their suffixes only
         keep = (torch.arange(smax, device=dev)[None] >= pads[:, None]).long()  # (B, S)
         mask = torch.cat([keep.new_ones(len(seqs), p), keep], dim=1)  # pads sit between prefix and suffix
         grown = State(_cache(model), mask, rows, _shared(state), keep)
         pos = (mask.cumsum(-1) - 1)[:, p:]  # (B, S); pads repeat the last prefix position, and no query sees them
         ids = torch.tensor([[pad_id] * (smax - len(s)) + s for s in seqs], device=dev)  # (B, S)
-        return grown, lean(model, ids, pos, grown).float()
+        return grown, _LEAN[model.config.model_type](model, ids, pos, grown).float()
     full = torch.tensor([[pad_id] * (smax - len(s)) + pre + s for s in seqs], device=dev)  # (B, P+S)
     mask = (torch.arange(p + smax, device=dev)[None] >= pads[:, None]).long()  # (B, P+S)
     cache = _cache(model)
@@ -137,7 +138,21 @@ def prefill(model, seqs, state: State | None = None) -> tuple[State, torch.Tenso
         for i, layer in enumerate(state.cache.layers):
             k, v = layer.keys[0][:, col], layer.values[0][:, col]  # (H, B, P, D)
             cache.update(k.transpose(0, 1).contiguous(), v.transpose(0, 1).contiguous(), i)
-    return State(cache, mask, rows), _forward(model, full[:, p:] if state is not None else full, mask, cache)
+    logits = _forward(model, full[:, p:] if state is not None else full, mask, cache)
+    if not cascade:
+        return State(cache, mask, rows), logits
+    # cascade decode from here: keep only the suffix columns per row; a row's first pads_r of them hold its
+    # recomputed prefix tail, which the shared prefix covers, so they are not kept
+    suffix = _cache(model)
+    for i, layer in enumerate(cache.layers):
+        suffix.update(layer.keys[:, :, p:].contiguous(), layer.values[:, :, p:].contiguous(), i)
+    keep = (torch.arange(smax, device=dev)[None] >= pads[:, None]).long()  # (B, S)
+    return State(suffix, mask, rows, _shared(state), keep), logits
+
+
+def _cpu_cascade(model) -> bool:
+    """A prefill after a shared prefix runs as cascade attention (fp32 CPU: oneDNN and the CPU flash kernel)."""
+    return fastlinear.available(model.device, model.dtype) and _FLASH_CPU is not None
 
 
 def _shared(prefix: State) -> list:
@@ -187,15 +202,18 @@ def _prefix_blocks(q, packed) -> list[torch.Tensor]:
     return [torch.stack(t) for t in zip(*parts)]
 
 
-def _cpu_prefill(qg, keys, values, seen, shared, scale) -> torch.Tensor:
-    """`_one_softmax` for a prefill on CPU: the prefix part in oneDNN blocks, each row's own part in
-    PyTorch's fused CPU flash kernel (which also returns its log-sum-exp), merged by log-sum-exp."""
-    b, hkv, n, d = qg.shape
-    bias = torch.zeros(seen.shape, dtype=qg.dtype, device=qg.device).masked_fill_(~seen, -torch.inf)
-    os_, lse = _FLASH_CPU(qg, keys, values, 0.0, False, attn_mask=bias, scale=scale)  # (B, Hkv, N, D), (B, Hkv, N)
-    lse = lse.reshape(b, hkv, n, 1)
-    pq = (qg * scale).transpose(0, 1).reshape(hkv, -1, d)  # (Hkv, B*N, D)
-    op, lp, mp = (t.view(hkv, b, n, -1).transpose(0, 1) for t in _prefix_blocks(pq, shared[2]))
+def _cpu_prefill(q, keys, values, visible, shared, scale) -> torch.Tensor:
+    """`_one_softmax` for a CPU prefill of q (B, Hq, S, D) in the grouped layout: the prefix part in oneDNN
+    blocks, each row's own causal part in PyTorch's fused CPU flash kernel (which also returns its
+    log-sum-exp), merged by log-sum-exp."""
+    b, hq, n, d = q.shape
+    hkv = keys.shape[1]
+    bias = torch.zeros(visible.shape, dtype=q.dtype, device=q.device).masked_fill_(~visible, -torch.inf)
+    keys, values = (t.repeat_interleave(hq // hkv, dim=1) for t in (keys, values))  # (B, Hq, W, D)
+    os_, lse = _FLASH_CPU(q, keys, values, 0.0, False, attn_mask=bias[:, None], scale=scale)  # (B, Hq, S, .)
+    os_, lse = os_.reshape(b, hkv, -1, d), lse.reshape(b, hkv, -1, 1)  # (B, Hkv, R*S, .)
+    pq = (q * scale).reshape(b, hkv, -1, d).transpose(0, 1).reshape(hkv, -1, d)  # (Hkv, B*R*S, D)
+    op, lp, mp = (t.view(hkv, b, -1, t.shape[-1]).transpose(0, 1) for t in _prefix_blocks(pq, shared[2]))
     mx = torch.maximum(lse, mp)
     wp, ws = torch.exp(mp - mx), torch.exp(lse - mx)
     return (op * wp + os_ * ws) / (lp * wp + ws)
@@ -208,10 +226,11 @@ def _attend(q, layer, k, v, shared, visible, scale) -> torch.Tensor:
     (B, S, Hq * D)."""
     b, hq, n, d = q.shape
     keys, values = layer.update(k, v)  # (B, Hkv, W, D)
-    r = hq // keys.shape[1]
-    qg, seen = q.reshape(b, -1, r * n, d), visible.repeat(1, r, 1)[:, None]  # (B, Hkv, R*S, D), (B, 1, R*S, W)
-    many = n > 1 and shared is not None and shared[2] is not None and _FLASH_CPU is not None
-    o = (_cpu_prefill if many else _one_softmax)(qg, keys, values, seen, shared, scale)
+    if n > 1 and shared is not None:  # a prefill after a shared prefix: only on CPU (see `prefill`)
+        o = _cpu_prefill(q, keys, values, visible, shared, scale)
+    else:
+        r = hq // keys.shape[1]
+        o = _one_softmax(q.reshape(b, -1, r * n, d), keys, values, visible.repeat(1, r, 1)[:, None], shared, scale)
     return o.reshape(b, hq, n, d).transpose(1, 2).reshape(b, n, hq * d)
 
 
