@@ -1,12 +1,12 @@
 """archbench's engine vs transformers' `generate` on the few-shot SQuAD workload, in one process.
 
-The workload of the engine issue: N three-shot SQuAD prompts (shots drawn once, so every prompt shares
-them), greedy, 32 new tokens, stop at newline. Per model the two engines run interleaved (hf, archbench,
-hf, archbench, ... after an untimed warm-up; --repeats pairs, each engine's fastest run counts) and the
-script prints: predictions identical out of N, wall seconds each way, their ratio, and the roofline view (roofline.py's formulas and measured rates): achieved
-prefill FLOP/s against the measured matmul rate of each path (torch.mm, and oneDNN with a prepacked weight
-on CPU fp32: on AMD EPYC the latter is ~2x faster, so it is the hardware limit to compare with), and
-decode bytes/s against the measured copy bandwidth.
+The workload of the engine issue: N three-shot SQuAD prompts (shots drawn once, so every prompt shares them),
+greedy, 32 new tokens, stop at newline. Per model the two engines run interleaved (hf, archbench, hf,
+archbench, ... after an untimed warm-up; --repeats pairs, each engine's fastest run counts) and the script
+prints: predictions identical out of N, wall seconds each way, their ratio, and the roofline view
+(roofline.py's formulas and measured rates): achieved prefill FLOP/s against the measured matmul rate of each
+path (torch.mm, and oneDNN with a prepacked weight on CPU fp32: on AMD EPYC the latter is ~2x faster, so it is
+the hardware limit to compare with), and decode bytes/s against the measured copy bandwidth.
 
     PYTHONPATH=src python benchmarks/engine_vs_hf.py --models tiny-gpt2 tiny-mamba tiny-rwkv smollm2-135m
 """

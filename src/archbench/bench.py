@@ -14,9 +14,10 @@ Method, per point
   - the sweep of a model's points runs `rounds` times, round-robin, a fresh process per point and round,
     and each point's samples are pooled: a slow drift of the machine's speed (a shared host) then hits
     every point alike instead of the one that happened to run during it; peak memory is the largest seen;
-  - in each round, timed runs repeat until both `min_runs` and `min_seconds` are reached. archbench engine: the prefill
-    plus the first argmax is the time to first token; each of the other new_tokens - 1 steps is timed on
-    its own (device synchronised before and after) and all steps of all runs form the decode distribution.
+  - in each round, timed runs repeat until both `min_runs` and `min_seconds` are reached. archbench
+    engine: the prefill plus the first argmax is the time to first token; each of the other
+    new_tokens - 1 steps is timed on its own (device synchronised before and after) and all steps of all
+    runs form the decode distribution.
     hf engine (optimum-benchmark's way): generate with max_new_tokens=1 is the time to first token, and
     in generate with min_new_tokens = max_new_tokens = N a streamer times each of the N - 1 later tokens;
   - a fixed number of new tokens (no early stop), greedy;
@@ -24,8 +25,8 @@ Method, per point
     cannot inflate the next; an out-of-memory error (or the kernel's OOM kill) is recorded as "oom", and
     larger points of that model are then skipped; points past the model's window are skipped with a reason.
 Writes OUT/bench.json ({"run_id", "config", "env" with the measured "matmul_flops" (the fastest of
-"matmul_paths") and "mem_bandwidth_bytes_s", "points"}; a point's numbers are the MEASURED names below, None unless its status
-is "ok"), one store record per point (kind "bench"), and prints a table.
+"matmul_paths") and "mem_bandwidth_bytes_s", "points"}; a point's numbers are the MEASURED names below, None
+unless its status is "ok"), one store record per point (kind "bench"), and prints a table.
 """
 from __future__ import annotations
 

@@ -9,8 +9,9 @@ CPU weight prepacking) reaches the peak on large products and runs decode shapes
 
 `packed(model)` is a context manager: inside it every fp32 `nn.Linear` and GPT-2 `Conv1D` of `model` runs
 through oneDNN when the product has at least MIN_MACS multiply-adds (below that, oneDNN's fixed call cost
-makes plain `F.linear` faster: both measured from 1 to 256 rows on weights from 128x128 to 1536x576); the packed copy is cached on the module and rebuilt if the weight changes. Outside it the
-model is untouched (the `--engine hf` path never sees it). `kernel(device, dtype)` names the path taken.
+makes plain `F.linear` faster: both measured from 1 to 256 rows on weights from 128x128 to 1536x576); the
+packed copy is cached on the module and rebuilt if the weight changes. Outside it the model is untouched (the
+`--engine hf` path never sees it). `kernel(device, dtype)` names the path taken.
 """
 from __future__ import annotations
 

@@ -171,10 +171,12 @@ def _shared(prefix: State) -> list:
 
 def _one_softmax(qg, keys, values, seen, shared, scale) -> torch.Tensor:
     """Attention of grouped queries qg (B, Hkv, N, D) over each row's cache columns (B, Hkv, W, D) as
-    `seen` (B, 1, N, W) allows, and over a batch-1 prefix `shared` (read once: every row's queries of a key
-    head in one product), one softmax over both. Returns (B, Hkv, N, D)."""
+    `seen` (B, 1, N, W) allows (None: all), and over a batch-1 prefix `shared` (read once: every row's
+    queries of a key head in one product), one softmax over both. Returns (B, Hkv, N, D)."""
     qg = qg * scale
-    s = torch.matmul(qg, keys.transpose(-1, -2)).masked_fill_(~seen, -torch.inf)  # (B, Hkv, N, W)
+    s = torch.matmul(qg, keys.transpose(-1, -2))  # (B, Hkv, N, W)
+    if seen is not None:
+        s.masked_fill_(~seen, -torch.inf)
     if shared is None:
         return torch.matmul(torch.softmax(s, -1), values)
     pk, pv, _ = shared
@@ -221,8 +223,8 @@ def _cpu_prefill(q, keys, values, visible, shared, scale) -> torch.Tensor:
 
 def _attend(q, layer, k, v, shared, visible, scale) -> torch.Tensor:
     """Attention of q (B, Hq, S, D) over each row's cache `layer` (after appending k, v (B, Hkv, S, D)),
-    `visible` (B, S, W) saying which cache columns each query sees, and over all of a batch-1 prefix
-    `shared` when there is one. The R query heads of a key head are rows of one problem. Returns
+    `visible` (B, S, W) saying which cache columns each query sees (None: all), and over all of a batch-1
+    prefix `shared` when there is one. The R query heads of a key head are rows of one problem. Returns
     (B, S, Hq * D)."""
     b, hq, n, d = q.shape
     keys, values = layer.update(k, v)  # (B, Hkv, W, D)
@@ -230,13 +232,17 @@ def _attend(q, layer, k, v, shared, visible, scale) -> torch.Tensor:
         o = _cpu_prefill(q, keys, values, visible, shared, scale)
     else:
         r = hq // keys.shape[1]
-        o = _one_softmax(q.reshape(b, -1, r * n, d), keys, values, visible.repeat(1, r, 1)[:, None], shared, scale)
+        seen = None if visible is None else visible.repeat(1, r, 1)[:, None]  # (B, 1, R*S, W)
+        o = _one_softmax(q.reshape(b, -1, r * n, d), keys, values, seen, shared, scale)
     return o.reshape(b, hq, n, d).transpose(1, 2).reshape(b, n, hq * d)
 
 
-def _visible(keep: torch.Tensor, n: int) -> torch.Tensor:
+def _visible(keep: torch.Tensor, n: int) -> torch.Tensor | None:
     """(B, S, W) bool: the last n of the W cache columns are the new queries; each sees the kept columns up
-    to its own, and its own always (a pad query then has a finite output, which no kept column passes on)."""
+    to its own, and its own always (a pad query then has a finite output, which no kept column passes on).
+    None for one new query per row and nothing masked (decode without padding)."""
+    if n == 1 and bool(keep.all()):
+        return None
     w = keep.shape[1]
     col, row = torch.arange(w, device=keep.device)[None], torch.arange(w - n, w, device=keep.device)[:, None]
     return ((keep[:, None, :] != 0) & (col <= row)) | (col == row)
