@@ -90,24 +90,20 @@ def prompt_ids(lm, context: int, batch: int, source: str = "random", seed: int =
 def _engine_run(lm, ids: torch.Tensor, new_tokens: int, read_state: bool = False) -> dict:
     """archbench's engine: the family's prefill, then each step timed on its own."""
     fam = families.get(lm.family)
-    with fastlinear.packed(lm.model):
-        return _engine_steps(lm, fam, ids, new_tokens, read_state)
-
-
-def _engine_steps(lm, fam, ids: torch.Tensor, new_tokens: int, read_state: bool) -> dict:
-    with Timer(lm.device) as t:
-        state, logits = fam.prefill(lm.model, ids)
-        token = logits.argmax(-1)
-    out = {"ttft_s": t.result.seconds, "decode_s": [], "after_step": []}
-    if read_state:
-        out["state_bytes"] = fam.state_bytes(state)
-    for _ in range(new_tokens - 1):
+    with fastlinear.packed(lm.model):  # the engine's linear path, as in `engine.run`
         with Timer(lm.device) as t:
-            state, logits = fam.step(lm.model, token, state)
+            state, logits = fam.prefill(lm.model, ids)
             token = logits.argmax(-1)
-        out["decode_s"].append(t.result.seconds)
-        if read_state:  # what this step read: the state it leaves (the cache includes its own token)
-            out["after_step"].append(fam.state_bytes(state))
+        out = {"ttft_s": t.result.seconds, "decode_s": [], "after_step": []}
+        if read_state:
+            out["state_bytes"] = fam.state_bytes(state)
+        for _ in range(new_tokens - 1):
+            with Timer(lm.device) as t:
+                state, logits = fam.step(lm.model, token, state)
+                token = logits.argmax(-1)
+            out["decode_s"].append(t.result.seconds)
+            if read_state:  # what this step read: the state it leaves (the cache includes its own token)
+                out["after_step"].append(fam.state_bytes(state))
     return out
 
 

@@ -45,7 +45,7 @@ from transformers.pytorch_utils import Conv1D
 from archbench import families, loading, prompts, zoo
 from archbench.data import load_examples, load_pool
 from archbench.store import Store
-from archbench.trackers import environment
+from archbench.trackers import Timer, environment
 
 IGNORE = -100  # label of a token that carries no loss
 # every setting but model, train and out, with `archbench finetune`'s defaults (studies override some)
@@ -54,7 +54,6 @@ DEFAULTS = {"prompt_style": "default", "lora_r": 8, "lora_alpha": 16, "lora_drop
             "schedule": "cosine", "warmup_steps": 10, "max_grad_norm": 1.0, "loss_on": "answer", "limit": None,
             "eval_every": 0, "eval_data": None, "eval_limit": 20, "save_every": 20, "resume": False,
             "merge": False, "seed": 1234, "device": None, "db": "runs/archbench.sqlite"}
-MAMBA_REFUSED = {"out_proj", "conv1d"}  # peft >= 0.21 refuses these on Mamba-family models
 # settings a resumed run must share with its checkpoint (the others only change logging and outputs)
 _RESUME_KEYS = ("model", "train", "prompt_style", "lora_r", "lora_alpha", "lora_dropout", "target_modules",
                 "epochs", "max_steps", "lr", "batch_size", "grad_accum", "max_length", "schedule", "warmup_steps",
@@ -120,7 +119,7 @@ def default_targets(family: str, model_type: str) -> list[str]:
 
 def check_targets(model, names: list[str], family: str) -> None:
     """Fail early, in one line, on a target module the model lacks or that peft refuses."""
-    refused = sorted(MAMBA_REFUSED & set(names)) if family in ("mamba", "mamba2") else []
+    refused = sorted(getattr(families.get(family), "LORA_REFUSED", set()) & set(names))
     if refused:
         raise ValueError(f"--target-modules {', '.join(refused)}: peft refuses LoRA on out_proj and conv1d of "
                          "Mamba-family models, because the fused CUDA path reads those weights directly and would "
@@ -343,12 +342,13 @@ def run(**cfg) -> tuple[torch.nn.Module, dict]:
     model.train()
     bar = tqdm(total=total, initial=start, disable=not main, desc=f"finetune {cfg['model']}", dynamic_ncols=True)
     for step in range(start, total):
-        t0 = time.perf_counter()
-        rows = step_rows(step, len(samples), per_step, cfg["seed"])
-        lr = scheduler.get_last_lr()[0]
-        loss, grad_norm = train_step(accelerator, model, optimizer, [samples[i] for i in rows], cfg, tok.pad_token_id)
-        scheduler.step()
-        seconds, tokens = time.perf_counter() - t0, sum(len(samples[i].ids) for i in rows)
+        with Timer(accelerator.device) as timer:
+            rows = step_rows(step, len(samples), per_step, cfg["seed"])
+            lr = scheduler.get_last_lr()[0]
+            loss, grad_norm = train_step(accelerator, model, optimizer, [samples[i] for i in rows], cfg,
+                                         tok.pad_token_id)
+            scheduler.step()
+        seconds, tokens = timer.result.seconds, sum(len(samples[i].ids) for i in rows)
         entry = {"step": step + 1, "epoch": round((step + 1) / per_epoch, 4), "loss": loss, "lr": lr,
                  "grad_norm": grad_norm, "tokens": tokens, "tok_s": tokens / seconds}
         if cfg["eval_every"] and (step + 1) % cfg["eval_every"] == 0:

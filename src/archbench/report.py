@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from archbench import plots, tables
-from archbench.evaluate import DEFAULT_DB, summarize
+from archbench import families, plots, tables
+from archbench.evaluate import DEFAULT_DB, PROTOCOL_KEYS, summarize
 from archbench.report_html import to_html
 from archbench.store import Store
 
-FAMILIES = ("transformer", "mamba", "mamba2", "rwkv")
-_PROTOCOL = ("data", "gold", "shots_from", "prompt_style", "max_new_tokens", "stop", "seed", "limit", "dtype")
+FAMILIES = tuple(families.names())  # report sections in the registry's order
+_PROTOCOL = PROTOCOL_KEYS + ("limit",)  # two eval results are comparable when these match
 _BENCH_COLS = (("TTFT ms", "ttft_ms_median", ".1f"), ("prefill tok/s", "prefill_tok_s", ".0f"),
                ("decode ms/tok", "decode_ms_median", ".2f"), ("decode tok/s", "decode_tok_s", ".1f"),
                ("peak MB", "peak_mem_mb", ".0f"), ("state KB", "state_bytes", None))

@@ -5,6 +5,7 @@ A family module is small and flat (nanoGPT / mamba.py style) and exposes:
   MODEL_TYPES: frozenset[str]    transformers `model_type`s it owns (the transformer family takes every other
                                  decoder-only type)
   LORA_TARGETS: dict[str, list]  default LoRA target modules per model_type ("*" = fallback)
+  LORA_REFUSED: set[str]         (optional) module names peft refuses as LoRA targets for this family
   PAD_SAFE: bool                 whether transformers' own forward honours a left-padded attention mask
 and, for archbench's generation engine, `prefill` / `step` (see engine.py).
 Modules are imported only when a family is first asked for.

@@ -24,6 +24,7 @@ NAME = "mamba"
 MODEL_TYPES = frozenset({"mamba", "falcon_mamba"})
 PAD_SAFE = True  # transformers zeroes padded positions before the conv and the scan
 LORA_TARGETS = {"*": ["in_proj", "x_proj", "dt_proj"]}
+LORA_REFUSED = {"out_proj", "conv1d"}  # peft >= 0.21 refuses LoRA on these for Mamba-family models
 CHUNK = 128  # prefill rows * positions scanned at once: memory ~ CHUNK * d_inner * d_state floats
 
 

@@ -12,22 +12,17 @@ With mamba_ssm on CUDA, prefill uses its fused `mamba_chunk_scan_combined`.
 """
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 import torch.nn.functional as F
 
-from archbench.families.mamba import State, cat, prefill_rows, run_layers, select, state_bytes  # noqa: F401
+from archbench.families.mamba import (LORA_REFUSED, State, _fused, cat, prefill_rows, run_layers,  # noqa: F401
+                                      select, state_bytes)
 
 NAME = "mamba2"
 MODEL_TYPES = frozenset({"mamba2"})
 PAD_SAFE = True  # transformers masks padded positions (apply_mask_to_padding_states)
 LORA_TARGETS = {"*": ["in_proj"]}
 # State: conv (B, conv_dim, conv_kernel - 1) and ssm (B, heads, head_dim, d_state) fp32 per layer
-
-
-def _fused(x: torch.Tensor) -> bool:
-    return x.is_cuda and importlib.util.find_spec("mamba_ssm") is not None
 
 
 def kernel(model) -> str:

@@ -122,7 +122,7 @@ def prefill(model, seqs, state: State | None = None) -> tuple[State, torch.Tenso
     pads = torch.tensor([smax - len(s) for s in seqs], device=dev)  # (B,)
     rows = [pre + s for s in seqs]
     cascade = state is not None and p and model.config.model_type in _LEAN
-    if cascade and _cpu_cascade(model):  # the prefix stays batch-1, rows keep their suffixes only
+    if cascade and _cpu_cascade(model.device, model.dtype):  # prefix stays batch-1, rows keep suffixes
         keep = (torch.arange(smax, device=dev)[None] >= pads[:, None]).long()  # (B, S)
         mask = torch.cat([keep.new_ones(len(seqs), p), keep], dim=1)  # pads sit between prefix and suffix
         grown = State(_cache(model), mask, rows, _shared(state), keep)
@@ -150,20 +150,20 @@ def prefill(model, seqs, state: State | None = None) -> tuple[State, torch.Tenso
     return State(suffix, mask, rows, _shared(state), keep), logits
 
 
-def _cpu_cascade(model) -> bool:
+def _cpu_cascade(device: torch.device, dtype: torch.dtype) -> bool:
     """A prefill after a shared prefix runs as cascade attention (fp32 CPU: oneDNN and the CPU flash kernel)."""
-    return fastlinear.available(model.device, model.dtype) and _FLASH_CPU is not None
+    return fastlinear.available(device, dtype) and _FLASH_CPU is not None
 
 
 def _shared(prefix: State) -> list:
-    """Per layer the batch-1 prefix (keys, values) (Hkv, P, D) and, where fastlinear applies, both packed
-    for oneDNN per key head (keys as an (P, D) weight, values as (D, P)); computed once per prefix state."""
+    """Per layer the batch-1 prefix (keys, values) (Hkv, P, D) and, where the cascade prefill runs, both
+    packed for oneDNN per key head (keys as an (P, D) weight, values as (D, P)); computed once per prefix state."""
     if prefix.shared is None:
         prefix.shared = []
         for layer in prefix.cache.layers:
             k, v = layer.keys[0], layer.values[0]
             packed = None
-            if fastlinear.available(k.device, k.dtype):
+            if _cpu_cascade(k.device, k.dtype):
                 packed = ([fastlinear.pack(kh) for kh in k], [fastlinear.pack(vh.t()) for vh in v])
             prefix.shared.append((k, v, packed))
     return prefix.shared
