@@ -28,25 +28,29 @@ DEFAULT_DB = "runs/archbench.sqlite"
 PROTOCOL_KEYS = ("data", "gold", "prompt_style", "shots_from", "seed", "max_new_tokens", "stop", "dtype")
 
 
-def protocol_changes(run_dir: Path, settings: dict) -> list[str] | None:
-    """Protocol keys on which `settings` differ from the run stored in `run_dir` (None: no run there yet)."""
+def stored_run(run_dir: Path, settings: dict) -> tuple[str, list[str]] | None:
+    """The run stored in `run_dir` (None: none yet) as its run id and the protocol keys on which `settings`
+    differ from it."""
     meta = run_dir / "run.json"
     if not meta.exists():
         return None
-    old = json.loads(meta.read_text())["protocol"]
-    return sorted(k for k in PROTOCOL_KEYS if old.get(k) != (list(settings[k]) if k == "stop" else settings[k]))
+    run = json.loads(meta.read_text())
+    old = run["protocol"]
+    return run["run_id"], sorted(k for k in PROTOCOL_KEYS
+                                 if old.get(k) != (list(settings[k]) if k == "stop" else settings[k]))
 
 
 def _open_run(run_dir: Path, config: dict) -> str:
     """Return the run id of `run_dir`, creating it; refuse a rerun whose protocol differs."""
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = run_dir / "run.json"
-    changed = protocol_changes(run_dir, config)
-    if changed:
-        raise ValueError(f"{meta}: this run directory was made with other settings ({', '.join(changed)}); "
-                         "use a new --run-dir")
-    if changed is not None:
-        return json.loads(meta.read_text())["run_id"]
+    found = stored_run(run_dir, config)
+    if found:
+        run_id, changed = found
+        if changed:
+            raise ValueError(f"{meta}: this run directory was made with other settings ({', '.join(changed)}); "
+                             "use a new --run-dir")
+        return run_id
     run_id = f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     meta.write_text(json.dumps({"run_id": run_id, "protocol": {k: config[k] for k in PROTOCOL_KEYS}}, indent=1))
     return run_id

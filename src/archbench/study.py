@@ -316,15 +316,15 @@ def status(stage: Stage, store) -> tuple[bool, str]:
         missing = [m for m in stage.call["models"] if m not in have]
         stored = len(stage.call["models"]) - len(missing)
         return not missing, "done" if not missing else f"to do ({stored} answers stored)" if stored else "to do"
-    from archbench.evaluate import protocol_changes
+    from archbench.evaluate import stored_run
 
     call = stage.call
-    changed = protocol_changes(Path(stage.out), call)
-    if changed is None:
+    found = stored_run(Path(stage.out), call)
+    if found is None:
         return False, "to do"
+    run_id, changed = found
     if changed:
         return False, f"settings changed ({', '.join(changed)}): remove {stage.out} to rerun"
-    run_id = json.loads((Path(stage.out) / "run.json").read_text())["run_id"]
     want = _questions(call["data"], call["gold"], call["limit"])
     settings = [(k, t) for k in call["shots"] for t in range(call["trials"] if k else 1)]
     have = [len(store.done_ids(run_id, stage.model, k, t)) for k, t in settings]
