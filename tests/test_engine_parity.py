@@ -104,7 +104,7 @@ def test_batch_composition_and_prefix_cache_do_not_change_outputs(lm):
     assert _engine_tokens(lm, ids, batch_size=0) == base  # auto: one batch under the token budget
     assert _engine_tokens(lm, ids, share_prefix=False) == base
     with pytest.MonkeyPatch.context() as mp:  # the prefill path of non-CPU devices, then cascade decode
-        mp.setattr(transformer, "_cpu_cascade", lambda device, dtype: False)
+        mp.setattr(transformer, "_cpu_packed", lambda device, dtype: False)
         assert _engine_tokens(lm, ids) == base
 
 

@@ -12,10 +12,13 @@ Decode of GPT-2 and Llama-style models (`_LEAN`) calls the model's submodules di
 cascade attention (as in Hydragen, Juravsky et al. 2024): the prefix keys/values stay batch-1 and each row
 keeps only its own suffix in the cache. The prefix scores of every row's queries of a key head come from
 one product (the prefix is read once for the batch) and one softmax covers them and the row's own
-columns; KV reads per decode step drop from B * (P + S) to P + B * S columns. On CPU fp32 the prefill
-after a shared prefix runs through the same forward: the prefix part as oneDNN products with the prefix
-keys/values packed once like weights (fastlinear.py), in blocks of CHUNK queries, and the rows' own
-causal part in PyTorch's fused CPU flash kernel, which also returns the log-sum-exp that merges the two.
+columns; KV reads per decode step drop from B * (P + S) to P + B * S columns. On CPU fp32 every prefill
+of these models runs through the same forward with the rows packed back to back (varlen, as in
+FlashAttention-2's variable-length API): the linear layers see only real tokens (no padding), each row's
+own causal attention is one call of PyTorch's fused CPU flash kernel, which skips the masked half and
+returns the log-sum-exp; after a shared prefix, the prefix part runs as oneDNN products with the prefix
+keys/values packed once like weights (fastlinear.py), in blocks of CHUNK queries, merged with the own
+part by log-sum-exp. The keys/values are then written to the cache left-padded, as decode reads them.
 Outputs equal attention over the concatenated cache. GPT-2's tanh GELU runs as one fused op
 (`F.gelu(approximate="tanh")`, the same function as transformers' "gelu_new" in fewer passes).
 Elsewhere, and for other model types, a prefill goes through transformers' forward: each batch starts
@@ -60,6 +63,8 @@ class State:
 
 def kernel(model) -> str:
     lean = "+own-forward+cascade-prefix-attention" if model.config.model_type in _LEAN else ""
+    if lean and _cpu_packed(model.device, model.dtype):
+        lean += "+packed-prefill"
     return f"transformers-{model.config._attn_implementation}-preallocated-kv{lean}"
 
 
@@ -121,14 +126,16 @@ def prefill(model, seqs, state: State | None = None) -> tuple[State, torch.Tenso
     pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     pads = torch.tensor([smax - len(s) for s in seqs], device=dev)  # (B,)
     rows = [pre + s for s in seqs]
-    cascade = state is not None and p and model.config.model_type in _LEAN
-    if cascade and _cpu_cascade(model.device, model.dtype):  # prefix stays batch-1, rows keep suffixes
+    lean = _LEAN.get(model.config.model_type)
+    if lean is not None and _cpu_packed(dev, model.dtype):  # packed rows, prefix (if any) stays batch-1
+        lens = [len(s) for s in seqs]
         keep = (torch.arange(smax, device=dev)[None] >= pads[:, None]).long()  # (B, S)
         mask = torch.cat([keep.new_ones(len(seqs), p), keep], dim=1)  # pads sit between prefix and suffix
-        grown = State(_cache(model), mask, rows, _shared(state), keep)
-        pos = (mask.cumsum(-1) - 1)[:, p:]  # (B, S); pads repeat the last prefix position, and no query sees them
-        ids = torch.tensor([[pad_id] * (smax - len(s)) + s for s in seqs], device=dev)  # (B, S)
-        return grown, _LEAN[model.config.model_type](model, ids, pos, grown).float()
+        grown = State(_cache(model), mask, rows, _shared(state) if p else None, keep)
+        ids = torch.tensor([[t for s in seqs for t in s]], device=dev)  # (1, N): the rows back to back
+        pos = torch.cat([torch.arange(p, p + n, device=dev) for n in lens])[None]  # (1, N)
+        return grown, lean(model, ids, pos, grown, lens).float()
+    cascade = state is not None and p and lean is not None
     full = torch.tensor([[pad_id] * (smax - len(s)) + pre + s for s in seqs], device=dev)  # (B, P+S)
     mask = (torch.arange(p + smax, device=dev)[None] >= pads[:, None]).long()  # (B, P+S)
     cache = _cache(model)
@@ -150,8 +157,9 @@ def prefill(model, seqs, state: State | None = None) -> tuple[State, torch.Tenso
     return State(suffix, mask, rows, _shared(state), keep), logits
 
 
-def _cpu_cascade(device: torch.device, dtype: torch.dtype) -> bool:
-    """A prefill after a shared prefix runs as cascade attention (fp32 CPU: oneDNN and the CPU flash kernel)."""
+def _cpu_packed(device: torch.device, dtype: torch.dtype) -> bool:
+    """A prefill of a `_LEAN` model runs packed through its own forward (fp32 CPU: oneDNN and the CPU flash
+    kernel), after a shared prefix as cascade attention."""
     return fastlinear.available(device, dtype) and _FLASH_CPU is not None
 
 
@@ -163,7 +171,7 @@ def _shared(prefix: State) -> list:
         for layer in prefix.cache.layers:
             k, v = layer.keys[0], layer.values[0]
             packed = None
-            if _cpu_cascade(k.device, k.dtype):
+            if _cpu_packed(k.device, k.dtype):
                 packed = ([fastlinear.pack(kh) for kh in k], [fastlinear.pack(vh.t()) for vh in v])
             prefix.shared.append((k, v, packed))
     return prefix.shared
@@ -204,33 +212,41 @@ def _prefix_blocks(q, packed) -> list[torch.Tensor]:
     return [torch.stack(t) for t in zip(*parts)]
 
 
-def _cpu_prefill(q, keys, values, visible, shared, scale) -> torch.Tensor:
-    """`_one_softmax` for a CPU prefill of q (B, Hq, S, D) in the grouped layout: the prefix part in oneDNN
-    blocks, each row's own causal part in PyTorch's fused CPU flash kernel (which also returns its
-    log-sum-exp), merged by log-sum-exp."""
-    b, hq, n, d = q.shape
-    hkv = keys.shape[1]
-    bias = torch.zeros(visible.shape, dtype=q.dtype, device=q.device).masked_fill_(~visible, -torch.inf)
-    keys, values = (t.repeat_interleave(hq // hkv, dim=1) for t in (keys, values))  # (B, Hq, W, D)
-    os_, lse = _FLASH_CPU(q, keys, values, 0.0, False, attn_mask=bias[:, None], scale=scale)  # (B, Hq, S, .)
-    os_, lse = os_.reshape(b, hkv, -1, d), lse.reshape(b, hkv, -1, 1)  # (B, Hkv, R*S, .)
-    pq = (q * scale).reshape(b, hkv, -1, d).transpose(0, 1).reshape(hkv, -1, d)  # (Hkv, B*R*S, D)
-    op, lp, mp = (t.view(hkv, b, -1, t.shape[-1]).transpose(0, 1) for t in _prefix_blocks(pq, shared[2]))
+def _packed_attend(q, layer, k, v, shared, lens, scale) -> torch.Tensor:
+    """A CPU prefill of rows packed back to back, q (1, Hq, N, D), k, v (1, Hkv, N, D) with N = sum(lens):
+    each row's own causal part in PyTorch's fused CPU flash kernel (one call per row: no padding, the masked
+    half skipped), which also returns its log-sum-exp; over a batch-1 prefix `shared`, every query at once in
+    oneDNN blocks, merged by log-sum-exp. The rows' keys/values go to the cache `layer` left-padded, as decode
+    reads them. Returns (1, Hq, N, D)."""
+    _, hq, n, d = q.shape
+    hkv, smax = k.shape[1], max(lens)
+    row = torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(lens))  # (N,) each token's row
+    col = torch.cat([torch.arange(smax - m, smax) for m in lens])  # (N,) its column, left padding
+    kp, vp = (t.new_zeros(len(lens), smax, hkv, d) for t in (k, v))  # (B, S, Hkv, D)
+    kp[row, col], vp[row, col] = k[0].transpose(0, 1), v[0].transpose(0, 1)
+    layer.update(kp.transpose(1, 2), vp.transpose(1, 2))
+    k, v = (t.repeat_interleave(hq // hkv, dim=1) for t in (k, v))  # (1, Hq, N, D)
+    own = [_FLASH_CPU(*parts, 0.0, True, scale=scale) for parts in zip(*(t.split(lens, 2) for t in (q, k, v)))]
+    os_, lse = torch.cat([o for o, _ in own], 2), torch.cat([m for _, m in own], 2)  # (1, Hq, N, .)
+    if shared is None:
+        return os_
+    os_, lse = os_.reshape(hkv, -1, d), lse.reshape(hkv, -1, 1)  # (Hkv, R*N, .)
+    op, lp, mp = _prefix_blocks((q * scale).reshape(hkv, -1, d), shared[2])
     mx = torch.maximum(lse, mp)
     wp, ws = torch.exp(mp - mx), torch.exp(lse - mx)
-    return (op * wp + os_ * ws) / (lp * wp + ws)
+    return ((op * wp + os_ * ws) / (lp * wp + ws)).view(1, hq, n, d)
 
 
-def _attend(q, layer, k, v, shared, visible, scale) -> torch.Tensor:
+def _attend(q, layer, k, v, shared, visible, scale, lens=None) -> torch.Tensor:
     """Attention of q (B, Hq, S, D) over each row's cache `layer` (after appending k, v (B, Hkv, S, D)),
     `visible` (B, S, W) saying which cache columns each query sees (None: all), and over all of a batch-1
-    prefix `shared` when there is one. The R query heads of a key head are rows of one problem. Returns
-    (B, S, Hq * D)."""
+    prefix `shared` when there is one; with `lens`, a CPU prefill of packed rows (`_packed_attend`). The R
+    query heads of a key head are rows of one problem. Returns (B, S, Hq * D)."""
     b, hq, n, d = q.shape
-    keys, values = layer.update(k, v)  # (B, Hkv, W, D)
-    if n > 1 and shared is not None:  # a prefill after a shared prefix: only on CPU (see `prefill`)
-        o = _cpu_prefill(q, keys, values, visible, shared, scale)
+    if lens is not None:
+        o = _packed_attend(q, layer, k, v, shared, lens, scale)
     else:
+        keys, values = layer.update(k, v)  # (B, Hkv, W, D)
         r = hq // keys.shape[1]
         seen = None if visible is None else visible.repeat(1, r, 1)[:, None]  # (B, 1, R*S, W)
         o = _one_softmax(q.reshape(b, -1, r * n, d), keys, values, seen, shared, scale)
@@ -248,37 +264,42 @@ def _visible(keep: torch.Tensor, n: int) -> torch.Tensor | None:
     return ((keep[:, None, :] != 0) & (col <= row)) | (col == row)
 
 
-def _gpt2_forward(model, ids, pos, state) -> torch.Tensor:
+def _last(x: torch.Tensor, lens: list[int] | None) -> torch.Tensor:
+    """(B, d) hidden states of each row's last token: x (B, S, d) left-padded, or (1, N, d) packed."""
+    return x[:, -1] if lens is None else x[0, torch.tensor(lens).cumsum(0) - 1]
+
+
+def _gpt2_forward(model, ids, pos, state, lens=None) -> torch.Tensor:
     tr, d, heads = model.transformer, model.config.n_embd, model.config.n_head
     tanh_gelu = model.config.activation_function in ("gelu_new", "gelu_pytorch_tanh")
     b, n = ids.shape
     x = tr.wte(ids) + tr.wpe(pos)  # (B, S, d)
-    visible = _visible(state.keep, n)
+    visible = _visible(state.keep, n) if lens is None else None
     for block, layer, shared in zip(tr.h, state.cache.layers, state.shared or [None] * len(tr.h)):
         q, k, v = (t.view(b, n, heads, d // heads).transpose(1, 2)
                    for t in block.attn.c_attn(block.ln_1(x)).split(d, dim=-1))  # (B, H, S, D)
-        x = x + block.attn.c_proj(_attend(q, layer, k, v, shared, visible, block.attn.scaling))
+        x = x + block.attn.c_proj(_attend(q, layer, k, v, shared, visible, block.attn.scaling, lens))
         x = x + (block.mlp.c_proj(F.gelu(block.mlp.c_fc(block.ln_2(x)), approximate="tanh")) if tanh_gelu
                  else block.mlp(block.ln_2(x)))
-    return model.lm_head(tr.ln_f(x[:, -1]))
+    return model.lm_head(tr.ln_f(_last(x, lens)))
 
 
-def _llama_forward(model, ids, pos, state) -> torch.Tensor:
+def _llama_forward(model, ids, pos, state, lens=None) -> torch.Tensor:
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     m = model.model
     b, n = ids.shape
     x = m.embed_tokens(ids)  # (B, S, d)
     cos, sin = m.rotary_emb(x, pos)  # (B, S, head_dim)
-    visible = _visible(state.keep, n)
+    visible = _visible(state.keep, n) if lens is None else None
     for block, layer, shared in zip(m.layers, state.cache.layers, state.shared or [None] * len(m.layers)):
         attn, h = block.self_attn, block.input_layernorm(x)
         q, k, v = (proj(h).view(b, n, -1, attn.head_dim).transpose(1, 2)
                    for proj in (attn.q_proj, attn.k_proj, attn.v_proj))  # (B, H, S, D)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        x = x + attn.o_proj(_attend(q, layer, k, v, shared, visible, attn.scaling))
+        x = x + attn.o_proj(_attend(q, layer, k, v, shared, visible, attn.scaling, lens))
         x = x + block.mlp(block.post_attention_layernorm(x))
-    return model.lm_head(m.norm(x[:, -1]))
+    return model.lm_head(m.norm(_last(x, lens)))
 
 
 _LEAN = {"gpt2": _gpt2_forward, "llama": _llama_forward}
