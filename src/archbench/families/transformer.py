@@ -214,9 +214,9 @@ def _prefix_blocks(q, packed) -> list[torch.Tensor]:
 
 def _packed_attend(q, layer, k, v, shared, lens, scale) -> torch.Tensor:
     """A CPU prefill of rows packed back to back, q (1, Hq, N, D), k, v (1, Hkv, N, D) with N = sum(lens):
-    each row's own causal part in PyTorch's fused CPU flash kernel (one call per row: no padding, the masked
-    half skipped), which also returns its log-sum-exp; over a batch-1 prefix `shared`, every query at once in
-    oneDNN blocks, merged by log-sum-exp. The rows' keys/values go to the cache `layer` left-padded, as decode
+    each row's own causal part in PyTorch's fused CPU flash kernel (no padding, the masked half skipped),
+    which also returns its log-sum-exp; over a batch-1 prefix `shared`, every query at once in oneDNN
+    blocks, merged by log-sum-exp. The rows' keys/values go to the cache `layer` left-padded, as decode
     reads them. Returns (1, Hq, N, D)."""
     _, hq, n, d = q.shape
     hkv, smax = k.shape[1], max(lens)
@@ -225,7 +225,7 @@ def _packed_attend(q, layer, k, v, shared, lens, scale) -> torch.Tensor:
     kp, vp = (t.new_zeros(len(lens), smax, hkv, d) for t in (k, v))  # (B, S, Hkv, D)
     kp[row, col], vp[row, col] = k[0].transpose(0, 1), v[0].transpose(0, 1)
     layer.update(kp.transpose(1, 2), vp.transpose(1, 2))
-    k, v = (t.repeat_interleave(hq // hkv, dim=1) for t in (k, v))  # (1, Hq, N, D)
+    # one call per row; the kernel reads grouped key heads itself (torch >= 2.9)
     own = [_FLASH_CPU(*parts, 0.0, True, scale=scale) for parts in zip(*(t.split(lens, 2) for t in (q, k, v)))]
     os_, lse = torch.cat([o for o, _ in own], 2), torch.cat([m for _, m in own], 2)  # (1, Hq, N, .)
     if shared is None:
