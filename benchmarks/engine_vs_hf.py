@@ -4,9 +4,10 @@ The workload of the engine issue: N three-shot SQuAD prompts (shots drawn once, 
 greedy, 32 new tokens, stop at newline. Per model the two engines run interleaved (hf, archbench, hf,
 archbench, ... after an untimed warm-up; --repeats pairs, each engine's fastest run counts) and the script
 prints: predictions identical out of N, wall seconds each way, their ratio, and the roofline view
-(roofline.py's formulas and measured rates): achieved prefill FLOP/s against the measured matmul rate of each
-path (torch.mm, and oneDNN with a prepacked weight on CPU fp32: on AMD EPYC the latter is ~2x faster, so it is
-the hardware limit to compare with), and decode bytes/s against the measured copy bandwidth.
+(roofline.py's formulas; the rates measured again after each model's timed runs): achieved prefill FLOP/s
+against the measured matmul rate of each path (torch.mm, and oneDNN with a prepacked weight on CPU fp32: on
+AMD EPYC the latter is ~2x faster, so it is the hardware limit to compare with), and decode bytes/s against
+the measured copy bandwidth.
 
     PYTHONPATH=src python benchmarks/engine_vs_hf.py --models tiny-gpt2 tiny-mamba tiny-rwkv smollm2-135m
 """
@@ -77,11 +78,7 @@ def main() -> None:
     args = ap.parse_args()
     texts = workload(args.data, args.n, args.shots, seed=0)
     settings = GenSettings(max_new_tokens=32, stop=("\n",), batch_size=args.batch_size, compile=args.compile)
-    rates, bw = roofline.matmul_rates(args.device, DTYPES[args.dtype]), roofline.mem_bandwidth(args.device)
-    mm = max(rates.values())  # the hardware limit as far as measured: the fastest path
-    print(f"machine: {args.device} {args.dtype} matmul "
-          f"{', '.join(f'{k} {v / 1e9:.1f}' for k, v in rates.items())} GFLOP/s, copy {bw / 1e9:.1f} GB/s, "
-          f"{torch.get_num_threads()} threads, compile={args.compile}")
+    print(f"machine: {args.device} {args.dtype}, {torch.get_num_threads()} threads, compile={args.compile}")
     for name in args.models:
         lm = load(name, device=args.device, dtype=args.dtype)
         ids = [lm.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
@@ -96,6 +93,8 @@ def main() -> None:
                 wall[engine].append(time.perf_counter() - t0)
                 if wall[engine][-1] == min(wall[engine]):
                     out[engine] = res  # the fastest run's batches give the roofline lines
+        # the rates are measured next to the timed runs they are compared with (a shared host drifts)
+        rates, bw = roofline.matmul_rates(args.device, DTYPES[args.dtype]), roofline.mem_bandwidth(args.device)
         preds = {e: {c.index: c.text.strip() for r in res for c in r.completions} for e, res in out.items()}
         same = sum(preds["hf"][i] == preds["archbench"][i] for i in range(len(texts)))
         hf_s, ours_s = min(wall["hf"]), min(wall["archbench"])
@@ -103,6 +102,8 @@ def main() -> None:
         print(f"\n{name} ({lm.family}, {len(texts)} prompts, mean {mean_len:.0f} tokens, "
               f"prefix {out['archbench'][0].info['prefix_cache_tokens']} shared, "
               f"kernel {out['archbench'][0].info['kernel']})")
+        print(f"  machine now: matmul {', '.join(f'{k} {v / 1e9:.1f}' for k, v in rates.items())} GFLOP/s, "
+              f"copy {bw / 1e9:.1f} GB/s")
         print(f"  identical predictions {same}/{len(texts)}; wall hf {hf_s:.2f} s, archbench {ours_s:.2f} s, "
               f"speed-up x{hf_s / ours_s:.2f} (fastest of {args.repeats}: hf "
               f"{' '.join(f'{t:.2f}' for t in wall['hf'])}, archbench {' '.join(f'{t:.2f}' for t in wall['archbench'])})")
