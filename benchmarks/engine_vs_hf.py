@@ -44,8 +44,11 @@ def per_row_state_bytes(lm) -> tuple[float, float]:
 
 
 def roof(lm, results, ids, shp, state) -> tuple[float, float]:
-    """(prefill FLOP/s, decode bytes/s) achieved over `results`: the work each engine needed (a shared
-    prefix once for archbench) divided by the reported prefill and decode seconds."""
+    """(prefill FLOP/s, decode bytes/s) achieved over `results`: the work each engine's algorithm does, padding
+    not counted, divided by the reported prefill and decode seconds. Prefill: a shared prefix once for
+    archbench. Decode, per step: every weight, plus the state of the rows in the batch at that step (archbench
+    drops finished rows, transformers' generate keeps them) grown by the tokens generated so far; with cascade
+    attention (archbench on GPT-2/Llama) the prefix keys/values are read once per step, not once per row."""
     flops = bytes_ = 0.0
     for r in results:
         p = r.info.get("prefix_cache_tokens", 0)
@@ -55,9 +58,12 @@ def roof(lm, results, ids, shp, state) -> tuple[float, float]:
             t = len(ids[c.index])
             flops += roofline.prefill_flops(shp, t, 1) - (roofline.prefill_flops(shp, p, 1) - 2 * shp["head_params"]
                                                           if p else 0.0)
-        steps = max(c.new_tokens for c in r.completions) - 1
-        ctx = sum(len(ids[c.index]) for c in r.completions)
-        bytes_ += steps * roofline.decode_bytes(shp, len(r.completions) * state[0] + ctx * state[1])
+        ours = r.info["engine"] == "archbench"
+        once = p if ours and "cascade-prefix" in r.info["kernel"] else 0
+        for k in range(max(c.new_tokens for c in r.completions) - 1):
+            live = [c for c in r.completions if not ours or c.new_tokens > k + 1]
+            tokens = once + sum(len(ids[c.index]) - once + k + 1 for c in live)  # the fed token included
+            bytes_ += roofline.decode_bytes(shp, len(live) * state[0] + tokens * state[1])
     return (flops / max(sum(r.prefill_s for r in results), 1e-9),
             bytes_ / max(sum(r.decode_s for r in results), 1e-9))
 
