@@ -4,8 +4,7 @@ Rates are measured by the bench command itself, once per run, on the run's devic
   matmul_rates()   median FLOP/s of n x n @ n x n products (2 n^3 FLOPs each), device synchronised, per path
                    the engine uses: torch.mm, and on CPU fp32 also oneDNN's prepacked linear (fastlinear.py),
                    which beats MKL's sgemm by ~2x on AMD EPYC; the fastest is the machine's matmul rate;
-  mem_bandwidth()  median bytes/s of large tensor copies, counting bytes read plus bytes written (CPU:
-                   buffers in transparent huge pages, the faster of the machine's page sizes).
+  mem_bandwidth()  median bytes/s of large tensor copies, counting bytes read plus bytes written.
 
 Work per point (batch B, prompt T tokens), following Kaplan et al. 2020's 2N FLOPs per token and
 gpt-fast's bandwidth accounting of decode (each step streams every weight and the whole cache once):
@@ -23,7 +22,6 @@ gpt-fast's bandwidth accounting of decode (each step streams every weight and th
 """
 from __future__ import annotations
 
-import mmap
 import statistics
 
 import torch
@@ -58,21 +56,12 @@ def matmul_rates(device="cpu", dtype: torch.dtype = torch.float32, n: int | None
     return {name: 2 * n**3 / _median_s(fn, device, repeats) for name, fn in paths.items()}
 
 
-def _buffer(nbytes: int, device: torch.device) -> torch.Tensor:
-    """A float32 buffer; on CPU in transparent huge pages where the kernel offers them (Linux madvise): with
-    4 KiB pages this machine's copies measure ~40 GB/s, with huge pages ~67-70 GB/s."""
-    if device.type != "cpu" or not hasattr(mmap, "MADV_HUGEPAGE"):
-        return torch.empty(nbytes // 4, device=device)
-    buf = mmap.mmap(-1, nbytes)
-    buf.madvise(mmap.MADV_HUGEPAGE)
-    return torch.frombuffer(buf, dtype=torch.float32)  # the tensor keeps the mapping alive
-
-
 def mem_bandwidth(device="cpu", nbytes: int | None = None, repeats: int = 5) -> float:
     """Median bytes/s (read + written) of copying an `nbytes` buffer (128 MiB on CPU, 1 GiB on CUDA)."""
     device = torch.device(device)
     nbytes = nbytes or (2**30 if device.type == "cuda" else 2**27)
-    src, dst = _buffer(nbytes, device).fill_(1.0), _buffer(nbytes, device)
+    src = torch.ones(nbytes // 4, device=device)
+    dst = torch.empty_like(src)
     return 2 * src.nbytes / _median_s(lambda: dst.copy_(src), device, repeats)
 
 
