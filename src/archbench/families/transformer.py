@@ -2,10 +2,11 @@
 
 Reference: Vaswani et al. 2017; transformers' GPT-2 / Llama implementations.
 
-For archbench's engine (engine.py) the forward pass is transformers' own model, called with an explicit
-left-padded attention mask, explicit position ids, a `DynamicCache` whose layers write into preallocated
-buffers (`Preallocated`: no per-step concatenation of the whole cache), and
-`logits_to_keep=1` so that the vocabulary projection runs on the last position only.
+Where archbench's engine (engine.py) runs transformers' own forward (prefill and decode of model types
+outside `_LEAN`, and `_LEAN` prefills off CPU fp32), it is called with an explicit left-padded
+attention mask, explicit position ids, a `DynamicCache` whose layers write into preallocated buffers
+(`Preallocated`: no per-step concatenation of the whole cache), and `logits_to_keep=1` so that the
+vocabulary projection runs on the last position only.
 
 Decode of GPT-2 and Llama-style models (`_LEAN`) calls the model's submodules directly (`_gpt2_forward`,
 `_llama_forward`: no mask building, no cache bookkeeping per layer) and, after a shared prefix, uses
@@ -125,11 +126,11 @@ def prefill(model, seqs, state: State | None = None) -> tuple[State, torch.Tenso
     p, smax = len(pre), max(len(s) for s in seqs)
     pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     pads = torch.tensor([smax - len(s) for s in seqs], device=dev)  # (B,)
+    keep = (torch.arange(smax, device=dev)[None] >= pads[:, None]).long()  # (B, S) the rows' own columns
     rows = [pre + s for s in seqs]
     lean = _LEAN.get(model.config.model_type)
     if lean is not None and _cpu_packed(dev, model.dtype):  # packed rows, prefix (if any) stays batch-1
         lens = [len(s) for s in seqs]
-        keep = (torch.arange(smax, device=dev)[None] >= pads[:, None]).long()  # (B, S)
         mask = torch.cat([keep.new_ones(len(seqs), p), keep], dim=1)  # pads sit between prefix and suffix
         grown = State(_cache(model), mask, rows, _shared(state) if p else None, keep)
         ids = torch.tensor([[t for s in seqs for t in s]], device=dev)  # (1, N): the rows back to back
@@ -153,7 +154,6 @@ def prefill(model, seqs, state: State | None = None) -> tuple[State, torch.Tenso
     suffix = _cache(model)
     for i, layer in enumerate(cache.layers):
         suffix.update(layer.keys[:, :, p:].contiguous(), layer.values[:, :, p:].contiguous(), i)
-    keep = (torch.arange(smax, device=dev)[None] >= pads[:, None]).long()  # (B, S)
     return State(suffix, mask, rows, _shared(state), keep), logits
 
 
