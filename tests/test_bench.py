@@ -8,6 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from archbench import bench as bench_mod
+from archbench import families
 from archbench import roofline
 from archbench.bench import MEASURED, bench, prompt_ids
 from archbench.cli import app
@@ -126,18 +127,16 @@ def test_hf_engine_reads_cache_sizes(tmp_path, monkeypatch):
     assert mamba[0]["state_bytes"] == mamba[1]["state_bytes"]
 
 
-def test_oom_is_recorded_and_larger_points_skipped(tmp_path, monkeypatch):
+def test_oom_is_recorded_and_larger_points_skipped(tmp_path, monkeypatch, patch_family):
     _fixed_rates(monkeypatch)
-    from archbench.families import transformer
-
-    real = transformer.prefill
+    real = families.get("transformer").prefill
 
     def prefill(model, seqs, state=None):
         if seqs.shape[1] >= 16:
             raise torch.OutOfMemoryError("simulated: tried to allocate 2.00 GiB")
         return real(model, seqs, state)
 
-    monkeypatch.setattr(transformer, "prefill", prefill)
+    patch_family("transformer", prefill=prefill)
     result = bench(["tiny-gpt2"], [8, 16], [1, 2], out=str(tmp_path / "out"), db=str(tmp_path / "db.sqlite"), **FAST)
     status = {(p["batch"], p["context"]): (p["status"], p["reason"]) for p in result["points"]}
     assert status[(1, 8)] == ("ok", None) and status[(2, 8)] == ("ok", None)
@@ -147,16 +146,16 @@ def test_oom_is_recorded_and_larger_points_skipped(tmp_path, monkeypatch):
     assert [p["status"] for p in saved["points"]] == ["ok", "oom", "ok", "skipped"]
 
 
-def test_other_errors_are_not_swallowed(monkeypatch):
-    from archbench.families import rwkv
+def test_other_errors_are_not_swallowed(patch_family):
+    def failing(message):
+        patch_family("rwkv", step=lambda *a: (_ for _ in ()).throw(RuntimeError(message)))
 
-    monkeypatch.setattr(rwkv, "step", lambda *a: (_ for _ in ()).throw(RuntimeError("a real bug")))
+    failing("a real bug")
     spec = dict(model="tiny-rwkv", context=4, batch=1, new_tokens=2, engine="archbench", device="cpu",
                 dtype="float32", prompt_source="random", min_runs=1, min_seconds=0.0, seed=0)
     with pytest.raises(RuntimeError, match="a real bug"):
         bench_mod.measure(spec)
-    monkeypatch.setattr(rwkv, "step", lambda *a: (_ for _ in ()).throw(
-        RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")))
+    failing("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
     assert bench_mod.measure(spec)["status"] == "oom"
 
 

@@ -1,6 +1,7 @@
 """The thin CLI: models listing and side-by-side free-form answers on tiny models (stored)."""
 from typer.testing import CliRunner
 
+from archbench import families
 from archbench.cli import app
 from archbench.store import Store
 
@@ -8,9 +9,13 @@ from archbench.store import Store
 def test_models_lists_zoo_and_families():
     result = CliRunner().invoke(app, ["models"])
     assert result.exit_code == 0
-    for name in ("smollm2-135m", "tiny-gpt2", "tiny-mamba", "tiny-mamba2", "tiny-rwkv", "untrained"):
-        assert name in result.output
-    assert "families: transformer, mamba, mamba2, rwkv" in result.output
+    lines = {line.split()[0]: line.split() for line in result.output.splitlines() if line.strip()}
+    for fam in families.all_families():  # every family's tiny models, with their family and layer mix
+        for alias in fam.tiny:
+            assert lines[alias][1] == fam.name and "untrained" in " ".join(lines[alias])
+        assert f"family {fam.name}" in result.output
+    assert lines["smollm2-135m"][1:5] == ["transformer", "llama", "30", "attention"]
+    assert lines["tiny-gpt2"][3:5] == ["16", "attention"] and lines["tiny-mamba"][3:5] == ["4", "mamba"]
 
 
 def test_ask_answers_side_by_side_and_stores_them(tmp_path):

@@ -126,7 +126,7 @@ def test_text_seam_reports_engine_info(lm):
         assert "\n" not in c.text and c.new_tokens <= 6
 
 
-def test_out_of_memory_halves_the_batch_and_keeps_finished_work(monkeypatch):
+def test_out_of_memory_halves_the_batch_and_keeps_finished_work(patch_family):
     lm = load("tiny-gpt2", device=DEVICE)
     ids = _prompts(lm)
     base = _engine_tokens(lm, ids, batch_size=4)
@@ -139,7 +139,7 @@ def test_out_of_memory_halves_the_batch_and_keeps_finished_work(monkeypatch):
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(model, seqs, state)
 
-    monkeypatch.setattr(fam, "prefill", small_memory)
+    patch_family(lm.family, prefill=small_memory)
     assert _engine_tokens(lm, ids, batch_size=4) == base
     assert sizes[:3] == [1, 4, 2] and max(sizes[2:]) == 2
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from archbench import loading, prompts
+from archbench import families, loading, prompts
 from archbench.generation import DEFAULT_ENGINE, GenSettings, generate
 from archbench.store import Store
 from archbench.trackers import environment
@@ -19,7 +19,7 @@ def build_prompt(lm, question: str, shots: int, chat: bool) -> str:
             raise ValueError(f"--chat: model {lm.name!r} has no chat template")
         return lm.tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
                                                 add_generation_prompt=True)
-    return prompts.render_question(question, shots, "seed-rwkv" if lm.family == "rwkv" else "seed-mamba")
+    return prompts.render_question(question, shots, families.get(lm.family).seed_style)
 
 
 def ask(*, models: list[str], question: str, shots: int = 0, chat: bool = False, max_new_tokens: int = 256,

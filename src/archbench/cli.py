@@ -47,10 +47,11 @@ def models():
     """List the built-in zoo and the known architecture families."""
     from archbench import families, zoo
 
-    for name in zoo.names():
-        note = zoo.REAL[name] if name in zoo.REAL else "untrained random-init " + zoo.TINY[name][0][:-len("Config")]
-        console.print(f"{name:15s} {note}")
-    console.print("families: " + ", ".join(families.names()))
+    for m in zoo.describe():
+        console.print(f"{m['name']:15s} {m['family']:12s} {m['model_type']:12s} {m['layers']:24s} {m['note']}",
+                      highlight=False)
+    for fam in families.all_families():
+        console.print(f"family {fam.name:12s} model types: {', '.join(sorted(fam.model_types))}", highlight=False)
 
 
 @app.command()

@@ -113,13 +113,13 @@ def step_rows(step: int, n: int, per_step: int, seed: int) -> list[int]:
 
 # ---------------------------------------------------------------------------------------------- model
 def default_targets(family: str, model_type: str) -> list[str]:
-    table = families.get(family).LORA_TARGETS
+    table = families.get(family).lora_targets
     return list(table.get(model_type, table["*"]))
 
 
 def check_targets(model, names: list[str], family: str) -> None:
     """Fail early, in one line, on a target module the model lacks or that peft refuses."""
-    refused = sorted(getattr(families.get(family), "LORA_REFUSED", set()) & set(names))
+    refused = sorted(families.get(family).lora_refused & set(names))
     if refused:
         raise ValueError(f"--target-modules {', '.join(refused)}: peft refuses LoRA on out_proj and conv1d of "
                          "Mamba-family models, because the fused CUDA path reads those weights directly and would "

@@ -71,7 +71,7 @@ def _hf_generate(lm, prompts: Sequence[str], settings: GenSettings) -> Iterator[
     cache; families whose forward ignores the padding mask (RWKV) run at batch 1."""
     tok = lm.tokenizer
     tok.padding_side = "left"
-    pad_safe = families.get(lm.family).PAD_SAFE
+    pad_safe = families.get(lm.family).pad_safe
     if settings.batch_size < 1:
         raise ValueError("--batch-size auto needs --engine archbench (transformers' generate does not back off)")
     bs = settings.batch_size if pad_safe else 1

@@ -35,7 +35,7 @@ class LM:
     device: torch.device
     dtype: torch.dtype
     untrained: bool  # random-init zoo model
-    max_len: int | None  # context window in tokens; None for recurrent models (no positional limit)
+    max_len: int | None  # context window in tokens; None without attention layers (no positional limit)
     adapter: str | None = None
 
 
@@ -45,7 +45,7 @@ def _offline() -> bool:
 
 def resolve(name: str) -> tuple[str, dict]:
     """Map a model name to (path or hub id, extra from_pretrained kwargs)."""
-    if name in zoo.TINY or name in zoo.REAL:
+    if zoo.is_zoo(name):
         return str(zoo.ensure(name)), {}
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
@@ -59,16 +59,6 @@ def resolve(name: str) -> tuple[str, dict]:
     if name.startswith((".", "/", "~")) or path.suffix in (".json", ".safetensors", ".bin"):
         raise ModelError(f"model {name!r}: no such file or directory")
     return name, {}  # a hub id
-
-
-def _context_window(config, family: str) -> int | None:
-    if family != "transformer":
-        return None
-    for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def load(name: str, *, device: str = "cpu", dtype: str = "float32", adapter: str | None = None) -> LM:
@@ -96,10 +86,13 @@ def load(name: str, *, device: str = "cpu", dtype: str = "float32", adapter: str
             raise ModelError(f"--adapter {adapter!r}: no adapter_config.json there")
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     model.to(device).eval()
-    family = families.family_of(model.config.model_type)
+    try:
+        family = families.family_of(model.config.model_type)
+    except KeyError as err:
+        raise ModelError(f"model {name!r}: {err.args[0]}") from None
     marker = Path(source) / zoo.MARKER
     untrained = json.loads(marker.read_text()).get("untrained", False) if marker.exists() else False
     return LM(name=name if adapter is None else f"{name}+{Path(adapter).name}", source=source, family=family,
               model_type=model.config.model_type, model=model, tokenizer=tokenizer, params=params,
               device=torch.device(device), dtype=DTYPES[dtype], untrained=untrained,
-              max_len=_context_window(model.config, family), adapter=adapter)
+              max_len=families.get(family).context_window(model.config), adapter=adapter)

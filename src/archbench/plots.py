@@ -11,7 +11,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-COLORS = {"transformer": "tab:blue", "mamba": "tab:orange", "mamba2": "tab:green", "rwkv": "tab:red"}
+
+
+def family_color(family: str) -> str:
+    """The family's colour from the registry (gray for a name no family has)."""
+    from archbench import families
+
+    return families.get(family).color if family in families.names() else "gray"
 
 
 def _png(fig: Figure) -> bytes:
@@ -23,7 +29,7 @@ def _png(fig: Figure) -> bytes:
 
 
 def _legend(ax, families: set[str], untrained: bool) -> None:
-    handles = [Line2D([], [], color=COLORS.get(f, "gray"), marker="o", linestyle="", label=f) for f in sorted(families)]
+    handles = [Line2D([], [], color=family_color(f), marker="o", linestyle="", label=f) for f in sorted(families)]
     if untrained:
         handles.append(Line2D([], [], color="gray", marker="o", markerfacecolor="none", linestyle="",
                               label="untrained (random init)"))
@@ -40,7 +46,7 @@ def _scatter(points: list[dict], key: str, ylabel: str, title: str, logy: bool) 
     for i, k in enumerate(shots):
         ax = fig.add_subplot(1, len(shots), i + 1)
         for p in (p for p in points if p["shots"] == k):
-            color = COLORS.get(p["family"], "gray")
+            color = family_color(p["family"])
             ax.plot([p["params"]], [p[key]], marker="o", linestyle="", color=color,
                     markerfacecolor="none" if p["untrained"] else color)
             ax.annotate(p["label"], (p["params"], p[key]), fontsize=6, xytext=(3, 3), textcoords="offset points")
@@ -81,7 +87,7 @@ def bench_vs_context(points: list[dict]) -> bytes | None:
                 lines.setdefault((p["label"], p["family"], p["untrained"], p["batch"]), []).append(p)
         for (label, family, untrained, batch), ps in lines.items():
             ps.sort(key=lambda p: p["context"])
-            ax.plot([p["context"] for p in ps], [p[key] for p in ps], marker="o", color=COLORS.get(family, "gray"),
+            ax.plot([p["context"] for p in ps], [p[key] for p in ps], marker="o", color=family_color(family),
                     linestyle="--" if untrained else "-", markerfacecolor="none" if untrained else None,
                     label=f"{label} b={batch}")
         ax.set_xscale("log")

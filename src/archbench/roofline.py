@@ -72,11 +72,12 @@ def shape(model, family: str) -> dict:
     unique = list(model.parameters())  # tied parameters appear once
     body = sum(p.numel() for p in unique if id(p) not in lookups and p is not head)
     weight_bytes = sum(p.numel() * p.element_size() for p in unique if id(p) not in lookups or p is head)
-    layers = d_attn = 0
-    if family == "transformer":
-        cfg = model.config
+    from archbench import families
+
+    cfg = model.config
+    layers, d_attn = len(families.get(family).attention_layers(cfg)), 0
+    if layers:
         heads = cfg.num_attention_heads
-        layers = cfg.num_hidden_layers
         d_attn = heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
     return {"body_params": body, "head_params": head.numel(), "weight_bytes": weight_bytes,
             "attn_layers": layers, "d_attn": d_attn}

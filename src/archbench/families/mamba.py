@@ -12,34 +12,19 @@ empty state uses its fused `selective_scan_fn` instead.
 """
 from __future__ import annotations
 
-import importlib.util
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from archbench import families
+from archbench.families import Family
+from archbench.families.common import (SsmState, mamba_ssm_fused, ssm_cat, ssm_prefill, ssm_run_layers, ssm_select,
+                                       ssm_state_bytes)
 
-NAME = "mamba"
-MODEL_TYPES = frozenset({"mamba", "falcon_mamba"})
-PAD_SAFE = True  # transformers zeroes padded positions before the conv and the scan
-LORA_TARGETS = {"*": ["in_proj", "x_proj", "dt_proj"]}
-LORA_REFUSED = {"out_proj", "conv1d"}  # peft >= 0.21 refuses LoRA on these for Mamba-family models
 CHUNK = 128  # prefill rows * positions scanned at once: memory ~ CHUNK * d_inner * d_state floats
-
-
-@dataclass
-class State:
-    conv: list[torch.Tensor]  # per layer (B, d_inner, conv_kernel - 1): last inputs of the conv
-    ssm: list[torch.Tensor]  # per layer (B, d_inner, d_state) fp32
-
-
-def _fused(x: torch.Tensor) -> bool:
-    return x.is_cuda and importlib.util.find_spec("mamba_ssm") is not None
+# State: SsmState with conv (B, d_inner, conv_kernel - 1) and ssm (B, d_inner, d_state) fp32 per layer
 
 
 def kernel(model) -> str:
-    return "mamba_ssm" if _fused(model.lm_head.weight) else "torch-chunked-scan"
+    return "mamba_ssm" if mamba_ssm_fused(model.lm_head.weight) else "torch-chunked-scan"
 
 
 def scan(dA: torch.Tensor, dBx: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
@@ -70,7 +55,7 @@ def _mix_prefill(mix, x: torch.Tensor, conv: torch.Tensor, h: torch.Tensor):
     xc = xc.transpose(1, 2)  # (B, T, d_inner)
     dt, b, c = _ssm_inputs(mix, xc)
     A = -torch.exp(mix.A_log.float())  # (d_inner, d_state)
-    if _fused(x) and not h.any():
+    if mamba_ssm_fused(x) and not h.any():
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
         y, h = selective_scan_fn(xc.transpose(1, 2).contiguous(), dt.transpose(1, 2).contiguous(), A,
@@ -100,57 +85,32 @@ def _mix_step(mix, x: torch.Tensor, conv: torch.Tensor, h: torch.Tensor):
     return mix.out_proj(y), win[:, :, 1:], h
 
 
-def _empty(model, n: int, dev) -> State:
+def _empty(model, n: int, dev) -> SsmState:
     mix = model.backbone.layers[0].mixer
     k, d, s = mix.conv_kernel_size - 1, mix.intermediate_size, mix.ssm_state_size
     layers = len(model.backbone.layers)
-    return State([torch.zeros(n, d, k, device=dev, dtype=model.dtype) for _ in range(layers)],
-                 [torch.zeros(n, d, s, device=dev) for _ in range(layers)])
+    return SsmState([torch.zeros(n, d, k, device=dev, dtype=model.dtype) for _ in range(layers)],
+                    [torch.zeros(n, d, s, device=dev) for _ in range(layers)])
 
 
-def run_layers(model, ids: torch.Tensor, state: State, mix_fn) -> tuple[State, torch.Tensor]:
-    """Embeddings, residual blocks (norm -> mix_fn) and the head on the last position; shared with Mamba-2.
-    ids (B, T) with mix_fn = a prefill mixer, or (B,) with a step mixer. Returns (state, (B, V) logits)."""
-    bb = model.backbone
-    x = bb.embeddings(ids)
-    conv, ssm = [], []
-    for i, layer in enumerate(bb.layers):
-        out, c, h = mix_fn(layer.mixer, layer.norm(x), state.conv[i], state.ssm[i])
-        x = x + out
-        conv.append(c)
-        ssm.append(h)
-    last = x[:, -1] if x.dim() == 3 else x
-    return State(conv, ssm), model.lm_head(bb.norm_f(last)).float()
-
-
-def prefill_rows(model, seqs, state: State | None, empty, mix_fn) -> tuple[State, torch.Tensor]:
-    """Equal-length rows prefill together from `state` (batch 1) or `empty(model, n, device)`, so padding
-    never enters a state; shared with Mamba-2. Returns (state, (B, V) last logits)."""
-    dev = model.lm_head.weight.device
-    return families.prefill_by_length(seqs, state, lambda n: empty(model, n, dev),
-                                      lambda ids, start: run_layers(model, ids, start, mix_fn), select, cat, dev)
-
-
-def prefill(model, seqs, state: State | None = None) -> tuple[State, torch.Tensor]:
+def prefill(model, seqs, state: SsmState | None = None) -> tuple[SsmState, torch.Tensor]:
     """Prefill token lists (or a (B, T) tensor) after an optional batch-1 prefix `state`.
     Returns (state, (B, V) logits of each row's last token)."""
-    return prefill_rows(model, seqs, state, _empty, _mix_prefill)
+    return ssm_prefill(model, seqs, state, _empty, _mix_prefill)
 
 
-def step(model, tokens: torch.Tensor, state: State) -> tuple[State, torch.Tensor]:
+def step(model, tokens: torch.Tensor, state: SsmState) -> tuple[SsmState, torch.Tensor]:
     """One decode step for tokens (B,). Returns (state, (B, V) logits)."""
-    return run_layers(model, tokens, state, _mix_step)
+    return ssm_run_layers(model, tokens, state, _mix_step)
 
 
-def select(state: State, rows: torch.Tensor) -> State:
-    rows = rows.to(state.ssm[0].device)
-    return State([c[rows] for c in state.conv], [h[rows] for h in state.ssm])
-
-
-def cat(states: list[State]) -> State:
-    return State([torch.cat(t) for t in zip(*(s.conv for s in states))],
-                 [torch.cat(t) for t in zip(*(s.ssm for s in states))])
-
-
-def state_bytes(state: State) -> int:
-    return sum(t.numel() * t.element_size() for t in state.conv + state.ssm)
+FAMILY = Family(
+    name="mamba", model_types=frozenset({"mamba", "falcon_mamba"}), color="tab:orange",
+    tiny={"tiny-mamba": ("MambaConfig", dict(hidden_size=128, state_size=16, num_hidden_layers=4, expand=2,
+                                             conv_kernel=4))},
+    seed_style="seed-mamba", lora_targets={"*": ["in_proj", "x_proj", "dt_proj"]},
+    pad_safe=True,  # transformers zeroes padded positions before the conv and the scan
+    layer_kinds=lambda cfg: ["mamba"] * cfg.num_hidden_layers,
+    prefill=prefill, step=step, select=ssm_select, cat=ssm_cat, state_bytes=ssm_state_bytes, kernel=kernel,
+    lora_refused=frozenset({"out_proj", "conv1d"}),  # peft >= 0.21 refuses LoRA on these for Mamba models
+)

@@ -15,18 +15,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from archbench.families.mamba import (LORA_REFUSED, State, _fused, cat, prefill_rows, run_layers,  # noqa: F401
-                                      select, state_bytes)
+from archbench.families import Family
+from archbench.families.common import (SsmState, mamba_ssm_fused, ssm_cat, ssm_prefill, ssm_run_layers, ssm_select,
+                                       ssm_state_bytes)
 
-NAME = "mamba2"
-MODEL_TYPES = frozenset({"mamba2"})
-PAD_SAFE = True  # transformers masks padded positions (apply_mask_to_padding_states)
-LORA_TARGETS = {"*": ["in_proj"]}
-# State: conv (B, conv_dim, conv_kernel - 1) and ssm (B, heads, head_dim, d_state) fp32 per layer
+# State: SsmState with conv (B, conv_dim, conv_kernel - 1) and ssm (B, heads, head_dim, d_state) fp32 per layer
 
 
 def kernel(model) -> str:
-    return "mamba_ssm" if _fused(model.lm_head.weight) else "torch-ssd-chunked"
+    return "mamba_ssm" if mamba_ssm_fused(model.lm_head.weight) else "torch-ssd-chunked"
 
 
 def _split(mix, xbc: torch.Tensor, dt: torch.Tensor):
@@ -68,7 +65,7 @@ def _mix_prefill(mix, x: torch.Tensor, conv: torch.Tensor, h: torch.Tensor):
     xbc = F.silu(F.conv1d(xin, mix.conv1d.weight, mix.conv1d.bias, groups=mix.conv_dim)).transpose(1, 2)
     xs, b, c, dt = _split(mix, xbc, dt)
     A = -torch.exp(mix.A_log.float())  # (H,)
-    if _fused(x):
+    if mamba_ssm_fused(x):
         from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
 
         ng = mix.n_groups
@@ -94,21 +91,33 @@ def _mix_step(mix, x: torch.Tensor, conv: torch.Tensor, h: torch.Tensor):
     return mix.out_proj(mix.norm(y.flatten(-2), z)), win[:, :, 1:], h
 
 
-def _empty(model, n: int, dev) -> State:
+def _empty(model, n: int, dev) -> SsmState:
     mix = model.backbone.layers[0].mixer
     layers = len(model.backbone.layers)
-    return State([torch.zeros(n, mix.conv_dim, mix.conv_kernel_size - 1, device=dev, dtype=model.dtype)
-                  for _ in range(layers)],
-                 [torch.zeros(n, mix.num_heads, mix.head_dim, mix.ssm_state_size, device=dev)
-                  for _ in range(layers)])
+    return SsmState([torch.zeros(n, mix.conv_dim, mix.conv_kernel_size - 1, device=dev, dtype=model.dtype)
+                     for _ in range(layers)],
+                    [torch.zeros(n, mix.num_heads, mix.head_dim, mix.ssm_state_size, device=dev)
+                     for _ in range(layers)])
 
 
-def prefill(model, seqs, state: State | None = None) -> tuple[State, torch.Tensor]:
+def prefill(model, seqs, state: SsmState | None = None) -> tuple[SsmState, torch.Tensor]:
     """Prefill token lists (or a (B, T) tensor) after an optional batch-1 prefix `state`.
     Returns (state, (B, V) logits of each row's last token)."""
-    return prefill_rows(model, seqs, state, _empty, _mix_prefill)
+    return ssm_prefill(model, seqs, state, _empty, _mix_prefill)
 
 
-def step(model, tokens: torch.Tensor, state: State) -> tuple[State, torch.Tensor]:
+def step(model, tokens: torch.Tensor, state: SsmState) -> tuple[SsmState, torch.Tensor]:
     """One decode step for tokens (B,). Returns (state, (B, V) logits)."""
-    return run_layers(model, tokens, state, _mix_step)
+    return ssm_run_layers(model, tokens, state, _mix_step)
+
+
+FAMILY = Family(
+    name="mamba2", model_types=frozenset({"mamba2"}), color="tab:green",
+    tiny={"tiny-mamba2": ("Mamba2Config", dict(hidden_size=128, state_size=16, num_hidden_layers=4, expand=2,
+                                               num_heads=8, head_dim=32, n_groups=1, conv_kernel=4, chunk_size=64))},
+    seed_style="seed-mamba", lora_targets={"*": ["in_proj"]},
+    pad_safe=True,  # transformers masks padded positions (apply_mask_to_padding_states)
+    layer_kinds=lambda cfg: ["mamba2"] * cfg.num_hidden_layers,
+    prefill=prefill, step=step, select=ssm_select, cat=ssm_cat, state_bytes=ssm_state_bytes, kernel=kernel,
+    lora_refused=frozenset({"out_proj", "conv1d"}),  # peft >= 0.21 refuses LoRA on these for Mamba models
+)

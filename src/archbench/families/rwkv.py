@@ -19,12 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-from archbench import families
+from archbench.families import Family
+from archbench.families.common import prefill_by_length, tensor_bytes
 
-NAME = "rwkv"
-MODEL_TYPES = frozenset({"rwkv"})
-PAD_SAFE = False
-LORA_TARGETS = {"*": ["key", "value", "receptance", "output"]}
 CHUNK = 32  # positions per WKV chunk: memory ~ B * CHUNK^2 * attention_hidden_size floats
 
 
@@ -113,7 +110,7 @@ def prefill(model, seqs, state: State | None = None) -> tuple[State, torch.Tenso
     """Prefill token lists (or a (B, T) tensor) after an optional batch-1 prefix `state`. Rows of equal
     length run together, so padding never enters a state. Returns (state, (B, V) last logits)."""
     dev = model.head.weight.device
-    return families.prefill_by_length(seqs, state, lambda n: _empty(model, n, dev),
+    return prefill_by_length(seqs, state, lambda n: _empty(model, n, dev),
                                       lambda ids, start: _run(model, ids, start), select, cat, dev)
 
 
@@ -133,5 +130,15 @@ def cat(states: list[State]) -> State:
 
 
 def state_bytes(state: State) -> int:
-    return sum(t.numel() * t.element_size() for f in (state.att_x, state.ffn_x, state.num, state.den, state.p)
-               for t in f)
+    return tensor_bytes(t for f in (state.att_x, state.ffn_x, state.num, state.den, state.p) for t in f)
+
+
+FAMILY = Family(
+    name="rwkv", model_types=frozenset({"rwkv"}), color="tab:red",
+    tiny={"tiny-rwkv": ("RwkvConfig", dict(hidden_size=128, num_hidden_layers=4, attention_hidden_size=128,
+                                           intermediate_size=512, context_length=4096))},
+    seed_style="seed-rwkv", lora_targets={"*": ["key", "value", "receptance", "output"]},
+    pad_safe=False,  # transformers' RWKV ignores the attention mask: its padded batches are wrong
+    layer_kinds=lambda cfg: ["rwkv"] * cfg.num_hidden_layers,
+    prefill=prefill, step=step, select=select, cat=cat, state_bytes=state_bytes, kernel=kernel,
+)

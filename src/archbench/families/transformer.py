@@ -36,20 +36,13 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicLayer
 
 from archbench import fastlinear
+from archbench.families import Family
+from archbench.families.common import tensor_bytes
 
-NAME = "transformer"
-MODEL_TYPES = frozenset()  # catch-all: every decoder-only type not owned by a recurrent family
-PAD_SAFE = True
 SPARE = 128  # free KV columns allocated beyond the tokens written: decode steps before a reallocation
 CHUNK = 512  # query rows per block of prefix attention (measured best of 256 / 512 / 1024 on this CPU)
 # the fused CPU attention kernel behind F.scaled_dot_product_attention, which also returns the log-sum-exp
 _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-LORA_TARGETS = {
-    "gpt2": ["c_attn", "c_proj", "c_fc"],
-    "gpt_neo": ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"],
-    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
-    "*": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-}
 
 
 @dataclass
@@ -328,6 +321,35 @@ def state_bytes(state: State) -> int:
     """Bytes of the KV cache tensors (keys and values of every layer; a shared prefix counted once, its
     oneDNN-packed copy not counted)."""
     shared = [t for k, v, _ in state.shared or [] for t in (k, v)]
-    return sum(t.numel() * t.element_size() for t in shared) + sum(
-        t.numel() * t.element_size() for layer in state.cache.layers for t in (layer.keys, layer.values)
-        if t is not None)
+    return tensor_bytes(shared) + tensor_bytes(t for layer in state.cache.layers for t in (layer.keys, layer.values))
+
+
+# Decoder-only types whose layers are all attention and whose transformers forward honours a left-padded mask
+# and a DynamicCache (GPT-2 and Llama also run through the own forward above).
+MODEL_TYPES = frozenset({
+    "gpt2", "gpt_neo", "gpt_neox", "gptj", "gpt_bigcode", "codegen", "opt", "bloom", "falcon", "llama", "mistral",
+    "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi", "phi3", "gemma", "gemma2", "gemma3_text", "olmo",
+    "olmo2", "olmoe", "stablelm", "starcoder2", "granite", "smollm3", "cohere", "persimmon", "helium", "glm",
+})
+_D = 128  # tiny zoo width; the 49,152-token embedding holds most of the parameters
+
+FAMILY = Family(
+    name="transformer", model_types=MODEL_TYPES, color="tab:blue",
+    tiny={
+        # 16 layers: with 4, the 49,152-row lm_head read dominates a decode step and hides the KV cache's growth
+        "tiny-gpt2": ("GPT2Config", dict(n_embd=_D, n_layer=16, n_head=4, n_positions=4096, n_inner=4 * _D)),
+        "tiny-gpt-neo": ("GPTNeoConfig", dict(hidden_size=_D, num_layers=4, num_heads=4, max_position_embeddings=4096,
+                                              attention_types=[[["global", "local"], 2]], window_size=256)),
+        "tiny-llama": ("LlamaConfig", dict(hidden_size=_D, intermediate_size=2 * _D, num_hidden_layers=4,
+                                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)),
+    },
+    seed_style="seed-transformer",
+    lora_targets={
+        "gpt2": ["c_attn", "c_proj", "c_fc"],
+        "gpt_neo": ["q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"],
+        "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+        "*": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    },
+    pad_safe=True, layer_kinds=lambda cfg: ["attention"] * cfg.num_hidden_layers,
+    prefill=prefill, step=step, select=select, cat=None, state_bytes=state_bytes, kernel=kernel,
+)
