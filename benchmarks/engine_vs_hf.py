@@ -21,7 +21,8 @@ import torch
 
 from archbench import families, prompts, roofline
 from archbench.data import load_examples, load_pool
-from archbench.generation import GenSettings, generate
+from archbench.config import GenConfig
+from archbench.generation import generate
 from archbench.loading import DTYPES, load
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "squad"
@@ -83,7 +84,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the engine's decode step (CUDA)")
     args = ap.parse_args()
     texts = workload(args.data, args.n, args.shots, seed=0)
-    settings = GenSettings(max_new_tokens=32, stop=("\n",), batch_size=args.batch_size, compile=args.compile)
+    settings = GenConfig(max_new_tokens=32, stop=("\n",), batch_size=args.batch_size, compile=args.compile)
     print(f"machine: {args.device} {args.dtype}, {torch.get_num_threads()} threads, compile={args.compile}")
     for name in args.models:
         lm = load(name, device=args.device, dtype=args.dtype)

@@ -31,3 +31,48 @@ def patch_family(monkeypatch):
         monkeypatch.setattr(module, "FAMILY", dataclasses.replace(module.FAMILY, **fields))
 
     return patch
+
+
+def _write_jsonl(path, rows) -> str:
+    import json
+
+    Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture
+def write_jsonl():
+    """write_jsonl(path, rows) -> str(path): one JSON object per line."""
+    return _write_jsonl
+
+
+_TASK_KEYS = ("data", "gold", "shots_from", "limit", "prompt_style", "seed", "lengths", "depths", "entries", "jrt")
+_GEN_KEYS = ("batch_size", "max_new_tokens", "stop", "min_new_tokens", "compile")
+_RUNTIME_KEYS = ("device", "dtype", "engine")
+
+
+def eval_config(**kw):
+    """An EvalConfig from the flat keyword arguments the CLI takes (models, data, shots, batch_size, ...)."""
+    from archbench.config import EvalConfig, GenConfig, RuntimeConfig
+
+    pick = lambda keys: {k: kw.pop(k) for k in keys if k in kw}  # noqa: E731
+    task, gen, runtime = pick(_TASK_KEYS), pick(_GEN_KEYS), pick(_RUNTIME_KEYS)
+    if "stop" in gen:
+        gen["stop"] = tuple(gen["stop"])
+    return EvalConfig(models=tuple(kw.pop("models")), task_options=task, gen=GenConfig(**gen),
+                      runtime=RuntimeConfig(**runtime), shots=tuple(kw.pop("shots", (0,))), **kw)
+
+
+@pytest.fixture
+def run_eval():
+    """run_eval(models=[...], data=..., shots=[0, 3], ...) -> summary: the eval recipe from flat options."""
+    from archbench.evaluate import evaluate
+
+    return lambda **kw: evaluate(eval_config(**kw))
+
+
+@pytest.fixture(params=sorted({alias for name in __import__("archbench.families", fromlist=["names"]).names()
+                               for alias in __import__("archbench.families", fromlist=["get"]).get(name).tiny}))
+def tiny_model(request) -> str:
+    """Every tiny zoo model of every registered family (tests parametrize over the registry)."""
+    return request.param

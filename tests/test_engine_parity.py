@@ -17,7 +17,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from archbench import engine, families  # noqa: E402
-from archbench.generation import GenSettings, generate  # noqa: E402
+from archbench.config import GenConfig  # noqa: E402
+from archbench.generation import generate  # noqa: E402
 from archbench.loading import load  # noqa: E402
 from archbench.families import transformer  # noqa: E402
 
@@ -41,8 +42,8 @@ def _prompts(lm) -> list[list[int]]:
     return [prefix + torch.randint(100, lm.tokenizer.vocab_size, (n,), generator=g).tolist() for n in lengths]
 
 
-def _settings(batch_size: int = 8) -> GenSettings:
-    return GenSettings(max_new_tokens=NEW, stop=(), batch_size=batch_size, min_new_tokens=NEW)
+def _settings(batch_size: int = 8) -> GenConfig:
+    return GenConfig(max_new_tokens=NEW, stop=(), batch_size=batch_size, min_new_tokens=NEW)
 
 
 def _engine_tokens(lm, ids, batch_size=8, share_prefix=True) -> list[list[int]]:
@@ -114,7 +115,7 @@ def test_text_seam_reports_engine_info(lm):
     tok = lm.tokenizer
     prompts = ["The cat sat on the mat. The dog sat on the log. Q: who sat on the mat?\nA:",
                "The cat sat on the mat. The dog sat on the log. Q: where did the dog sit?\nA:"]
-    res = list(generate(lm, prompts, GenSettings(max_new_tokens=6, stop=("\n",), batch_size=2),
+    res = list(generate(lm, prompts, GenConfig(max_new_tokens=6, stop=("\n",), batch_size=2),
                         engine="archbench"))
     assert {c.index for r in res for c in r.completions} == {0, 1}
     info = res[0].info

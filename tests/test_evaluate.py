@@ -6,6 +6,7 @@ from typer.testing import CliRunner
 
 from archbench import evaluate as ev
 from archbench.cli import app
+from conftest import eval_config
 
 ROWS = [{"id": f"q{i}", "context": f"Paris is the capital of France. Item {i} was built in {1800 + i} by Ann Lee.",
          "question": f"When was item {i} built?", "answers": {"text": [str(1800 + i), f"in {1800 + i}"],
@@ -28,7 +29,7 @@ def files(tmp_path):
 def run(tmp_path, data, pool, **kw):
     args = dict(models=["tiny-gpt2"], data=data, shots=[0, 3], shots_from=pool, batch_size=3, max_new_tokens=4,
                 run_dir=str(tmp_path / "run"), db=str(tmp_path / "db.sqlite"))
-    return ev.evaluate(**{**args, **kw})
+    return ev.evaluate(eval_config(**{**args, **kw}))
 
 
 def test_eval_writes_summary_predictions_and_timings(tmp_path, files):
@@ -94,10 +95,10 @@ def test_rerun_with_other_protocol_is_refused(tmp_path, files):
         run(tmp_path, *files, shots=[0], prompt_style="seed-mamba")
 
 
-def test_three_families_together(data_dir, tmp_path):
-    summary = ev.evaluate(models=["tiny-mamba", "tiny-rwkv", "tiny-gpt2"], data=str(data_dir / "seed_eval_100.jsonl"),
-                          shots=[0, 3], shots_from=str(data_dir / "squad_v1.1_train_8k.jsonl"), limit=4,
-                          max_new_tokens=4, run_dir=str(tmp_path / "r"), db=str(tmp_path / "db.sqlite"))
+def test_three_families_together(data_dir, tmp_path, run_eval):
+    summary = run_eval(models=["tiny-mamba", "tiny-rwkv", "tiny-gpt2"], data=str(data_dir / "seed_eval_100.jsonl"),
+                       shots=[0, 3], shots_from=str(data_dir / "squad_v1.1_train_8k.jsonl"), limit=4,
+                       max_new_tokens=4, run_dir=str(tmp_path / "r"), db=str(tmp_path / "db.sqlite"))
     assert {(r["family"], r["shots"]) for r in summary["results"]} == {
         (f, k) for f in ("mamba", "rwkv", "transformer") for k in (0, 3)}
     assert all(r["n"] == 4 for r in summary["results"])

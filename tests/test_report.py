@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from archbench.cli import app
-from archbench.report import render_report
+from archbench.sources import render_report
 from archbench.store import Store
 
 ENV = {"python": "3.x", "torch": "fixture", "device": "cpu"}
@@ -58,7 +58,9 @@ def store_db(tmp_path):
                      "new_tokens": new // len(scores), "prompt": f"Context: c{i}\nQuestion: q{i} <i>?\nAnswer:",
                      "prediction": NASTY if i == 0 else "" if (shots, i) == (3, 3) else f"answer {i}",
                      "raw": f"answer {i}",
-                     "golds": [f"gold {i}", "a & b"], "em": em, "f1": f1, "seed_em": em, "contains": em}
+                     "golds": [f"gold {i}", "a & b"],
+                     "scores": {"em": em, "f1": f1, "seed_em": em, "contains": em,
+                                "empty": float((shots, i) == (3, 3))}}
                     for i, (em, f1) in enumerate(scores)]
             store.add_batch(run_id, model, shots, trial, rows, {
                 "n": len(rows), "prefill_tokens": 200, "decode_tokens": new, "new_tokens": new, "chars": 5 * new,
@@ -130,10 +132,11 @@ def expected_cell(run_id, model, shots, key):
             per_trial.append({"em": statistics.fmean(s[0] for s in scores),
                               "f1": statistics.fmean(s[1] for s in scores), "tok/s": new / (pre + dec),
                               "empty": int(shots == 3)}[key])  # the fixture empties row 3 of 3-shot trials
-    fmt = ".1f" if key == "tok/s" or (key == "empty" and len(per_trial) > 1) else ".0f" if key == "empty" else ".2f"
+    if key == "empty":  # a count over all trials' answers, as in the CLI table
+        return f"{sum(per_trial)}/{4 * len(per_trial)}"
+    fmt = ".1f" if key == "tok/s" else ".2f"
     mean = format(statistics.fmean(per_trial), fmt)
-    cell = mean if len(per_trial) == 1 else f"{mean} ± {format(statistics.stdev(per_trial), fmt)}"
-    return cell + ("/4" if key == "empty" else "")
+    return mean if len(per_trial) == 1 else f"{mean} ± {format(statistics.stdev(per_trial), fmt)}"
 
 
 def test_every_seed_table_cell_traces_to_stored_rows(report):
@@ -168,7 +171,7 @@ def test_bench_training_and_answers_tables(report):
     tables = md_tables(report[".md"].read_text())
     bench = next(t for t in tables if "decode ms/tok" in t[0])
     assert bench[1] == ["tiny-gpt2 (untrained)", "transformer", "128", "1", "ok", "12.8", "1128", "2.50", "400.0",
-                        "66", "128.0"]
+                        "66", "128.0 KiB"]
     assert [r[0] for r in bench[1:]] == ["tiny-gpt2 (untrained)"] * 2 + ["tiny-mamba (untrained)"] * 2
     train = next(t for t in tables if t[0][0] == "Fine-tune")
     assert train[1] == ["lora1", "smollm2-135m", "8", "4", "3.000", "2.000", "460800", "12"]

@@ -55,7 +55,7 @@ def test_every_shipped_study_validates(env, name):
     spec = study.load(name.removesuffix(".yaml"))
     stages = study.plan(spec)
     assert stages and len({s.name for s in stages}) == len(stages)
-    assert all(s.call.get("data", "").startswith(str(env / "squad")) for s in stages if s.kind == "eval")
+    assert all(s.call.task_options.get("data", "").startswith(str(env / "squad")) for s in stages if s.kind == "eval")
 
 
 def test_seed_study_plan(env):
@@ -63,13 +63,13 @@ def test_seed_study_plan(env):
     stages = study.plan(spec)
     assert len(spec["models"]) == 7
     evals = [s for s in stages if s.kind == "eval"]
-    assert {tuple(s.call["shots"]) for s in evals} == {(0, 3)}
-    assert {s.call["prompt_style"] for s in evals if s.group == "seed-protocol"} == \
+    assert {s.call.shots for s in evals} == {(0, 3)}
+    assert {s.call.task_options["prompt_style"] for s in evals if s.group == "seed-protocol"} == \
         {"seed-mamba", "seed-rwkv", "seed-transformer"}
-    assert all(s.call["shots_from"] == "seed" for s in evals if s.group == "seed-protocol")
+    assert all(s.call.task_options["shots_from"] == "seed" for s in evals if s.group == "seed-protocol")
     fts = [s for s in stages if s.kind == "finetune"]
-    assert [s.call["model"] for s in fts] == ["gpt2", "state-spaces/mamba-130m-hf"]
-    tuned = [s for s in evals if s.call["adapter"]]
+    assert [s.call.model for s in fts] == ["gpt2", "state-spaces/mamba-130m-hf"]
+    tuned = [s for s in evals if s.call.adapter]
     assert {s.model for s in tuned} == {"gpt2+gpt2-lora", "state-spaces/mamba-130m-hf+mamba-130m-lora"}
     assert min(stages.index(s) for s in tuned) > max(stages.index(s) for s in fts)
 
@@ -85,7 +85,10 @@ def test_seed_dry_run_lists_the_plan_offline_and_writes_nothing(env, monkeypatch
 
 
 @pytest.mark.parametrize("text, key, reason", [
-    ("name: x\nout: o\nmodels: []\n", "data", "required key is missing"),
+    ("name: x\nout: o\nmodels: [{model: m, family: rwkv}]\nevals: [{name: e}]\n", "evals[0].data",
+     "the squad task needs data"),
+    ("name: x\nout: o\nmodels: [{model: m, family: rwkv}]\nevals: [{name: e, task: nope}]\n", "evals[0].task",
+     "unknown task 'nope'"),
     ("name: x\nout: o\ndata: {eval: d}\nmodels: [{model: m, family: lstm}]\n", "models[0].family", "unknown family"),
     ("name: x\nout: o\ndata: {eval: d}\nmodels: [{model: m, family: rwkv}]\nevals: [{name: e, shots: [0, 3]}]\n",
      "evals[0].shots_from", "few-shot settings need a shot pool"),
@@ -168,8 +171,10 @@ def test_only_checks_names_and_fine_tune_order(tmp_path):
 def test_demo_is_the_shipped_demo_study(env, monkeypatch):
     monkeypatch.delenv("ARCHBENCH_DATA")
     monkeypatch.chdir(env)
-    assert study.load("demo", need_env=False)["data"]["eval"] == "${ARCHBENCH_DATA}/seed_eval_100.jsonl"
-    with pytest.raises(study.StudyError, match="data.eval: environment variable ARCHBENCH_DATA is not set"):
-        run_demo(out=str(env / "demo"), dry_run=True)
+    # the README's default: ../shared/data/squad when ARCHBENCH_DATA is unset
+    assert study.load("demo")["data"]["eval"] == "../shared/data/squad/seed_eval_100.jsonl"
     report = run_demo(out=str(env / "demo"), data_dir=str(env / "squad"), dry_run=True)
     assert report == env / "demo" / "report.md" and not (env / "demo").exists()
+    with pytest.raises(study.StudyError, match="data.eval: environment variable NO_SUCH_VAR_AB is not set"):
+        study.load(write(env / "x.yaml", "name: x\nout: o\ndata: {eval: '${NO_SUCH_VAR_AB}/a'}\n"
+                                         "models: [{model: m, family: rwkv}]\n"))

@@ -8,7 +8,8 @@ from __future__ import annotations
 import time
 
 from archbench import families, loading, prompts
-from archbench.generation import DEFAULT_ENGINE, GenSettings, generate
+from archbench.config import AskConfig, GenConfig, check_device
+from archbench.generation import generate
 from archbench.store import Store
 from archbench.trackers import environment
 
@@ -22,25 +23,25 @@ def build_prompt(lm, question: str, shots: int, chat: bool) -> str:
     return prompts.render_question(question, shots, families.get(lm.family).seed_style)
 
 
-def ask(*, models: list[str], question: str, shots: int = 0, chat: bool = False, max_new_tokens: int = 256,
-        device: str = "cpu", dtype: str = "float32", engine: str = DEFAULT_ENGINE, db: str = "runs/archbench.sqlite",
-        run_id: str | None = None) -> list[dict]:
-    """Ask every model `question`; store and return one answer record per model."""
-    run_id = run_id or f"ask-{time.strftime('%Y%m%d-%H%M%S')}"
-    settings = GenSettings(max_new_tokens=max_new_tokens, stop=(), batch_size=1)
+def ask(cfg: AskConfig) -> list[dict]:
+    """Ask every model the question; store and return one answer record per model."""
+    check_device(cfg.runtime.device)
+    run_id = cfg.run_id or f"ask-{time.strftime('%Y%m%d-%H%M%S')}"
+    gen = GenConfig(max_new_tokens=cfg.max_new_tokens, stop=(), batch_size=1)
     answers = []
-    with Store(db) as store:
-        store.ensure_run(run_id, "ask", {"models": models, "question": question, "shots": shots, "chat": chat,
-                                         "max_new_tokens": max_new_tokens, "engine": engine}, environment(device))
-        for name in models:
-            lm = loading.load(name, device=device, dtype=dtype)
+    with Store(cfg.db) as store:
+        store.ensure_run(run_id, "ask", {"models": list(cfg.models), "question": cfg.question, "shots": cfg.shots,
+                                         "chat": cfg.chat, "max_new_tokens": cfg.max_new_tokens,
+                                         "engine": cfg.runtime.engine}, environment(cfg.runtime.device))
+        for name in cfg.models:
+            lm = loading.load(name, device=cfg.runtime.device, dtype=cfg.runtime.dtype)
             store.add_model(run_id, lm)
-            prompt = build_prompt(lm, question, shots, chat)
-            (batch,) = list(generate(lm, [prompt], settings, engine))
+            prompt = build_prompt(lm, cfg.question, cfg.shots, cfg.chat)
+            (batch,) = list(generate(lm, [prompt], gen, cfg.runtime.engine))
             c = batch.completions[0]
-            record = {"model": lm.name, "family": lm.family, "untrained": lm.untrained, "question": question,
-                      "shots": shots, "chat": chat, "prompt": prompt, "answer": c.raw.strip(),
+            record = {"model": lm.name, "family": lm.family, "untrained": lm.untrained, "question": cfg.question,
+                      "shots": cfg.shots, "chat": cfg.chat, "prompt": prompt, "answer": c.raw.strip(),
                       "new_tokens": c.new_tokens, "seconds": batch.prefill_s + batch.decode_s}
-            store.put(run_id, "answer", f"{lm.name}|{shots}|{chat}|{question}", record)
+            store.put(run_id, "answer", f"{lm.name}|{cfg.shots}|{cfg.chat}|{cfg.question}", record)
             answers.append(record)
     return answers

@@ -12,7 +12,7 @@ from rich.columns import Columns
 from rich.console import Console
 from rich.panel import Panel
 
-from archbench.generation import DEFAULT_ENGINE
+from archbench.config import AskConfig, ConfigError, EvalConfig, GenConfig, RuntimeConfig, defaults
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Compare Transformer, Mamba, Mamba-2 and RWKV language models on quality and speed.")
@@ -20,7 +20,8 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _call(fn, **kwargs):
-    """Run a library function; turn the errors a user can fix into one line on stderr."""
+    """Run a library function (or a closure building its config); turn the errors a user can fix into one
+    line on stderr."""
     from archbench.data import DataError
     from archbench.loading import ModelError
 
@@ -35,11 +36,15 @@ def _call(fn, **kwargs):
         raise typer.Exit(130)
 
 
-def _ints(text: str, option: str) -> list[int]:
+def _numbers(text: str, option: str, kind=int) -> list:
+    """Comma-separated numbers of an option, or one line naming the option."""
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        values = [kind(x) for x in str(text).split(",") if x.strip()]
     except ValueError:
-        raise typer.BadParameter(f"{option} takes comma-separated integers, got {text!r}")
+        values = []
+    if not values:
+        raise ConfigError(f"{option}: takes comma-separated {kind.__name__}s, got {text!r}")
+    return values
 
 
 @app.command()
@@ -54,88 +59,127 @@ def models():
         console.print(f"family {fam.name:12s} model types: {', '.join(sorted(fam.model_types))}", highlight=False)
 
 
+_E, _G, _R, _A = defaults(EvalConfig), defaults(GenConfig), defaults(RuntimeConfig), defaults(AskConfig)
+
+
+def _runtime(device: str, dtype: str, engine: str) -> RuntimeConfig:
+    return RuntimeConfig(device=device, dtype=dtype, engine=engine)
+
+
 @app.command()
 def ask(model: List[str] = typer.Option(..., "--model", help="zoo alias, local dir, .gguf file or hub id"),
         question: str = typer.Option(..., "--question"),
-        shots: int = typer.Option(0, "--shots", help="0 or 3 (the seed study's free-form shots)"),
-        chat: bool = typer.Option(False, "--chat", help="use the tokenizer's chat template"),
-        max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
-        device: str = "cpu", dtype: str = "float32", engine: str = DEFAULT_ENGINE,
-        db: str = typer.Option("runs/archbench.sqlite", "--db")):
+        shots: int = typer.Option(_A["shots"], "--shots", help="0 or 3 (the seed study's free-form shots)"),
+        chat: bool = typer.Option(_A["chat"], "--chat", help="use the tokenizer's chat template"),
+        max_new_tokens: int = typer.Option(_A["max_new_tokens"], "--max-new-tokens"),
+        device: str = _R["device"], dtype: str = _R["dtype"], engine: str = _R["engine"],
+        db: str = typer.Option(_A["db"], "--db")):
     """Ask every model the same free-form question and show the answers side by side."""
     from archbench.ask import ask as run_ask
 
-    answers = _call(run_ask, models=model, question=question, shots=shots, chat=chat,
-                    max_new_tokens=max_new_tokens, device=device, dtype=dtype, engine=engine, db=db)
+    answers = _call(lambda: run_ask(AskConfig(models=tuple(model), question=question, shots=shots, chat=chat,
+                                              max_new_tokens=max_new_tokens, runtime=_runtime(device, dtype, engine),
+                                              db=db)))
     panels = [Panel(a["answer"] or "[dim](empty answer)[/dim]",
                     title=a["model"] + (" (untrained)" if a["untrained"] else ""),
                     subtitle=f"{a['family']} · {a['new_tokens']} tok · {a['seconds']:.2f}s") for a in answers]
     console.print(Columns(panels, equal=True, expand=True))
 
 
+def _task_options(**given) -> dict:
+    """The task options the user set (None = the task's own default); comma lists become tuples."""
+    lists = {"lengths": int, "depths": float, "entries": int}
+    out = {}
+    for key, value in given.items():
+        if value is None:
+            continue
+        out[key] = tuple(_numbers(value, f"--{key}", lists[key])) if key in lists else value
+    return out
+
+
 @app.command("eval")
 def eval_(model: List[str] = typer.Option(..., "--model", help="zoo alias, local dir, .gguf file or hub id"),
-          data: str = typer.Option(..., "--data", help="SQuAD file (seed/official JSON/JSONL) or 'squad' (hub)"),
+          task: str = typer.Option(_E["task"], "--task", help="what to evaluate: squad, squad-recall, phonebook"),
+          data: Optional[str] = typer.Option(None, "--data", help="SQuAD file (seed/official JSON/JSONL) or 'squad'"),
           gold: Optional[str] = typer.Option(None, "--gold", help="official dev file giving all gold answers"),
-          shots: str = typer.Option("0", "--shots", help="comma-separated shot counts, e.g. 0,3"),
+          shots: str = typer.Option(",".join(map(str, _E["shots"])), "--shots", help="shot counts, e.g. 0,3"),
           shots_from: Optional[str] = typer.Option(None, "--shots-from", help="few-shot pool file, or 'seed'"),
-          trials: int = typer.Option(1, "--trials", help="shot sets drawn per few-shot setting"),
-          limit: Optional[int] = typer.Option(None, "--limit"),
-          prompt_style: str = typer.Option("default", "--prompt-style"),
-          batch_size: str = typer.Option("8", "--batch-size", help="rows per batch, or auto (largest that fits)"),
-          max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
-          stop: List[str] = typer.Option(["\\n"], "--stop", help="stop string(s); escapes like \\n allowed"),
-          run_dir: str = typer.Option("runs/eval", "--run-dir"),
-          db: str = typer.Option("runs/archbench.sqlite", "--db"),
-          device: str = "cpu", dtype: str = "float32",
-          engine: str = typer.Option(DEFAULT_ENGINE, "--engine", help="archbench (own engine) or hf (model.generate)"),
+          trials: int = typer.Option(_E["trials"], "--trials", help="shot sets drawn per few-shot setting"),
+          limit: Optional[int] = typer.Option(None, "--limit", help="evaluate the first N questions"),
+          prompt_style: Optional[str] = typer.Option(None, "--prompt-style", help="a style of prompts/*.yaml"),
+          lengths: Optional[str] = typer.Option(None, "--lengths", help="recall tasks: target prompt tokens"),
+          depths: Optional[str] = typer.Option(None, "--depths", help="squad-recall: gold paragraph depths 0..1"),
+          entries: Optional[str] = typer.Option(None, "--entries", help="phonebook: entries per prompt"),
+          jrt: Optional[bool] = typer.Option(None, "--jrt/--no-jrt", help="recall tasks: state the context twice"),
+          batch_size: str = typer.Option(str(_G["batch_size"]), "--batch-size", help="rows per batch, or auto"),
+          max_new_tokens: int = typer.Option(_G["max_new_tokens"], "--max-new-tokens"),
+          stop: List[str] = typer.Option([s.encode("unicode_escape").decode() for s in _G["stop"]], "--stop",
+                                         help="stop string(s); escapes like \\n allowed"),
+          run_dir: str = typer.Option(_E["run_dir"], "--run-dir"), db: str = typer.Option(_E["db"], "--db"),
+          device: str = _R["device"], dtype: str = _R["dtype"],
+          engine: str = typer.Option(_R["engine"], "--engine", help="archbench (own engine) or hf (model.generate)"),
           adapter: Optional[str] = typer.Option(None, "--adapter", help="LoRA adapter directory"),
-          seed: int = 1234,
-          compile: bool = typer.Option(False, "--compile", help="torch.compile the decode step (CUDA)")):
-    """Evaluate models on SQuAD (zero/few-shot), timed; writes summary.json, predictions.jsonl and the store."""
+          seed: Optional[int] = typer.Option(None, "--seed", help="shot draws and generated data (task default)"),
+          compile: bool = typer.Option(_G["compile"], "--compile", help="torch.compile the decode step (CUDA)")):
+    """Evaluate models on a task (zero/few-shot), timed; writes summary.json, predictions.jsonl and the store."""
     from archbench.evaluate import evaluate
     from archbench.tables import rich_table
 
     stops = tuple(s.encode().decode("unicode_escape") for s in stop if s)
-    summary = _call(evaluate, models=model, data=data, gold=gold, shots=_ints(shots, "--shots"),
-                    shots_from=shots_from, trials=trials, limit=limit, prompt_style=prompt_style,
-                    batch_size=0 if batch_size == "auto" else _ints(batch_size, "--batch-size")[0],
-                    max_new_tokens=max_new_tokens, stop=stops, run_dir=run_dir, db=db,
-                    device=device, dtype=dtype, engine=engine, adapter=adapter, seed=seed, compile=compile)
-    console.print(rich_table(summary, title=f"SQuAD ({summary['results'][0]['n']} questions)"))
+
+    def run() -> dict:
+        options = _task_options(data=data, gold=gold, shots_from=shots_from, limit=limit, prompt_style=prompt_style,
+                                lengths=lengths, depths=depths, entries=entries, jrt=jrt, seed=seed)
+        gen = GenConfig(max_new_tokens=max_new_tokens, stop=stops, compile=compile,
+                        batch_size=0 if batch_size == "auto" else _numbers(batch_size, "--batch-size", int)[0])
+        return evaluate(EvalConfig(models=tuple(model), task=task, task_options=options,
+                                   shots=tuple(_numbers(shots, "--shots", int)), trials=trials, gen=gen,
+                                   runtime=_runtime(device, dtype, engine), adapter=adapter, run_dir=run_dir, db=db))
+
+    summary = _call(run)
+    console.print(rich_table(summary))
+    if summary.get("skipped"):
+        console.print(f"{summary['skipped']} items skipped (longer than a model's window; reasons in the store)")
     console.print(f"wrote {run_dir}/summary.json and {run_dir}/predictions.jsonl")
 
 
 @app.command()
-def finetune(model: str = typer.Option(..., "--model"),
+def finetune(model: str = typer.Option(..., "--model", help="zoo alias, local dir or hub id"),
              train: str = typer.Option(..., "--train", help="SQuAD train file or 'squad' (hub)"),
              out: str = typer.Option(..., "--out", help="output directory (adapter, finetune.json, train_log.jsonl)"),
-             prompt_style: str = typer.Option("default", "--prompt-style"),
-             lora_r: int = typer.Option(8, "--lora-r"), lora_alpha: int = typer.Option(16, "--lora-alpha"),
-             lora_dropout: float = typer.Option(0.1, "--lora-dropout"),
+             prompt_style: Optional[str] = typer.Option(None, "--prompt-style", help="a style of prompts/*.yaml"),
+             lora_r: Optional[int] = typer.Option(None, "--lora-r"),
+             lora_alpha: Optional[int] = typer.Option(None, "--lora-alpha"),
+             lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout"),
              target_modules: Optional[List[str]] = typer.Option(None, "--target-modules",
                                                                 help="override the family's default LoRA targets"),
-             epochs: float = typer.Option(1.0, "--epochs"), max_steps: Optional[int] = typer.Option(None, "--max-steps"),
-             lr: float = typer.Option(2e-4, "--lr"), batch_size: int = typer.Option(8, "--batch-size"),
-             grad_accum: int = typer.Option(1, "--grad-accum"), max_length: int = typer.Option(1024, "--max-length"),
-             schedule: str = typer.Option("cosine", "--schedule", help="cosine or linear"),
-             warmup_steps: int = typer.Option(10, "--warmup-steps"), max_grad_norm: float = 1.0,
-             loss_on: str = typer.Option("answer", "--loss-on", help="answer (default) or all"),
+             epochs: Optional[float] = typer.Option(None, "--epochs"),
+             max_steps: Optional[int] = typer.Option(None, "--max-steps", help="optimizer steps (overrides --epochs)"),
+             lr: Optional[float] = typer.Option(None, "--lr"),
+             batch_size: Optional[int] = typer.Option(None, "--batch-size", help="rows per micro-batch per process"),
+             grad_accum: Optional[int] = typer.Option(None, "--grad-accum"),
+             max_length: Optional[int] = typer.Option(None, "--max-length"),
+             schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine or linear"),
+             warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps"),
+             max_grad_norm: Optional[float] = typer.Option(None, "--max-grad-norm", help="0 = no clipping"),
+             loss_on: Optional[str] = typer.Option(None, "--loss-on", help="answer or all"),
              limit: Optional[int] = typer.Option(None, "--limit", help="use the first N training rows"),
-             eval_every: int = typer.Option(0, "--eval-every"), eval_data: Optional[str] = typer.Option(None, "--eval-data"),
-             eval_limit: int = typer.Option(20, "--eval-limit"), save_every: int = typer.Option(20, "--save-every"),
-             resume: bool = typer.Option(False, "--resume"), merge: bool = typer.Option(False, "--merge"),
-             seed: int = 1234, device: Optional[str] = typer.Option(None, "--device"),
-             db: str = typer.Option("runs/archbench.sqlite", "--db")):
-    """LoRA fine-tuning (answer-only loss, EOS appended) with accelerate; checkpoints and exact resume."""
+             eval_every: Optional[int] = typer.Option(None, "--eval-every", help="steps between held-out evals"),
+             eval_data: Optional[str] = typer.Option(None, "--eval-data", help="held-out SQuAD file"),
+             eval_limit: Optional[int] = typer.Option(None, "--eval-limit"),
+             save_every: Optional[int] = typer.Option(None, "--save-every", help="steps between checkpoints"),
+             resume: bool = typer.Option(False, "--resume", help="continue the checkpoint in --out"),
+             merge: bool = typer.Option(False, "--merge", help="also write base + adapter merged to OUT/merged"),
+             seed: Optional[int] = typer.Option(None, "--seed"),
+             device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cuda if available)"),
+             db: Optional[str] = typer.Option(None, "--db")):
+    """LoRA fine-tuning (answer-only loss, EOS appended) with accelerate; checkpoints and exact resume. An option
+    left unset takes FinetuneConfig's default (finetune_config.py)."""
+    given = {k: v for k, v in locals().items() if v is not None}  # the options set (all of them: no other locals)
     from archbench.finetune import finetune as run_finetune
+    from archbench.finetune_config import FinetuneConfig
 
-    result = _call(run_finetune, model=model, train=train, out=out, prompt_style=prompt_style, lora_r=lora_r,
-                   lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=target_modules, epochs=epochs,
-                   max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
-                   schedule=schedule, warmup_steps=warmup_steps, max_grad_norm=max_grad_norm, loss_on=loss_on,
-                   limit=limit, eval_every=eval_every, eval_data=eval_data, eval_limit=eval_limit,
-                   save_every=save_every, resume=resume, merge=merge, seed=seed, device=device, db=db)
+    result = _call(lambda: run_finetune(FinetuneConfig(**{**defaults(FinetuneConfig), **given})))
     console.print(f"adapter: {out} · loss {result['first_loss']:.3f} -> {result['final_loss']:.3f} "
                   f"· {result['wall_s']:.0f}s")
 
@@ -153,7 +197,7 @@ def bench(model: List[str] = typer.Option(..., "--model"),
     """Efficiency sweep: prefill, decode, memory and state size vs context length and batch size."""
     from archbench.bench import bench as run_bench
 
-    _call(run_bench, models=model, contexts=_ints(context, "--context"), batches=_ints(batch, "--batch"),
+    _call(run_bench, models=model, contexts=_numbers(context, "--context"), batches=_numbers(batch, "--batch"),
           new_tokens=new_tokens, engine=engine, device=device, dtype=dtype, prompt_source=prompt_source,
           min_runs=min_runs, min_seconds=min_seconds, rounds=rounds, out=out, db=db)
 
@@ -172,7 +216,7 @@ def run(study: str = typer.Argument(..., help="study YAML file, or the name of a
 def report(sources: List[str] = typer.Argument(..., help="eval/bench/finetune run directories or study YAMLs"),
            out: str = typer.Option("runs/report", "--out"), db: str = typer.Option("runs/archbench.sqlite", "--db")):
     """Render report.md and a self-contained report.html from stored results only."""
-    from archbench.report import render_report
+    from archbench.sources import render_report
 
     written = _call(render_report, sources=sources, out=out, db=db)
     console.print("wrote " + ", ".join(str(p) for p in written))

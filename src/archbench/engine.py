@@ -1,15 +1,7 @@
 """archbench's batched greedy generation engine: one loop for every family.
 
-generation.py's seam calls `generate(lm, prompts, settings)`; it yields one `BatchResult` per batch.
-The family modules (families/*.py) hold the model-specific state behind one small protocol:
-
-    prefill(model, seqs, state=None) -> state, logits   seqs: token lists or a (B, T) tensor; `state` is an
-                                                        optional batch-1 prefix state every row continues;
-                                                        logits (B, V) fp32 of each row's last token
-    step(model, tokens, state) -> state, logits         tokens (B,): one decode step for every row
-    select(state, rows) -> state                        keep rows (finished sequences leave the batch)
-    state_bytes(state) -> int                           bytes of the KV cache / recurrent state
-    kernel(model) -> str                                which code path runs the sequence mixing
+generation.py's seam calls `generate(lm, prompts, gen)`; it yields one `BatchResult` per batch. The family
+(families/__init__.py `Family`: prefill, step, select, state_bytes, kernel) holds the model-specific state.
 
 The loop: tokenise (no special tokens, as the hf path); compute the longest common token prefix of all
 prompts once (a few-shot trial's shots) and start every row from it; sort by length and cut batches under
@@ -17,19 +9,21 @@ a row limit and a token budget; prefill; then greedy steps where rows that hit E
 on the decoded tail of each row, batched) or max_new_tokens leave the batch. On out-of-memory the batch
 is halved and retried; finished batches are already yielded. Clocks are read after a device sync:
 prefill_s = until the first token of every row exists (the shared prefix is charged to the first batch),
-decode_s = the rest. `run(lm, ids, settings)` is the same loop on token ids (it yields `TokenBatch`es);
-`generate` tokenises, runs it and decodes the completions.
+decode_s = the rest. `run(lm, ids, gen)` is the same loop on token ids (it yields `TokenBatch`es);
+`generate` tokenises, runs it and decodes the completions. bench times this very loop: a `StepTrace` passed
+to `run` receives each decode step's seconds (device synchronised around the step) and the state's bytes.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
 
 import torch
 
 from archbench import families, fastlinear
-from archbench.generation import BatchResult, Completion, GenSettings, cut_at_stop
+from archbench.backend import BatchResult, Completion, cut_at_stop
+from archbench.config import GenConfig
 from archbench.trackers import is_out_of_memory, synchronize
 
 TOKEN_BUDGET = 32768  # rows * (prompt + new tokens) per batch: bounds KV cache and activations
@@ -61,44 +55,87 @@ def kernel(lm) -> str:
     return f"{families.get(lm.family).kernel(lm.model)}; linear {fastlinear.kernel(lm.device, lm.model.dtype)}"
 
 
-def _stepper(lm, fam, settings: GenSettings):
+@dataclass
+class StepTrace:
+    """What bench reads from the loop eval runs: each decode step's seconds (device synchronised before and
+    after) and, with `read_state`, the state's bytes after the prefill and after every step."""
+
+    read_state: bool = False
+    step_s: list[float] = field(default_factory=list)
+    state_bytes: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Loop:
+    """The parts of the decode loop fixed for a whole run."""
+
+    fam: families.Family
+    step: Callable  # the family's step, compiled or not
+    gen: GenConfig
+    eos: set[int]
+    trace: StepTrace | None = None
+
+
+def _stepper(lm, fam, gen: GenConfig):
     """The decode step, compiled with torch.compile when asked for on CUDA; returns (fn, compiled)."""
-    if settings.compile and lm.device.type == "cuda":
+    if gen.compile and lm.device.type == "cuda":
         return torch.compile(fam.step, dynamic=True), True
     return fam.step, False
 
 
-def _batch(lm, fam, step, ids, rows, settings, prefix, eos) -> tuple[list[list[int]], float]:
+def _finished(lm, loop: _Loop, new: list[list[int]], live: list[int], k: int) -> list[int]:
+    """Positions in `live` whose rows go on after token k: not at EOS and no stop string in the decoded tail."""
+    gen, eos = loop.gen, loop.eos
+    if k + 1 < gen.min_new_tokens:  # before min_new_tokens nothing stops a row
+        return list(range(len(live)))
+    window = STOP_WINDOW + max((len(s) for s in gen.stop), default=0)
+    tails = lm.tokenizer.batch_decode([new[j][-window:] for j in live], skip_special_tokens=True) \
+        if gen.stop else [""] * len(live)
+    return [b for b, j in enumerate(live) if not (new[j][-1] in eos or any(s and s in tails[b] for s in gen.stop))]
+
+
+def _timed_step(lm, loop: _Loop, nxt: torch.Tensor, state):
+    """One decode step; with a trace, timed on its own (device synchronised before and after)."""
+    if loop.trace is None:
+        return loop.step(lm.model, nxt, state)
+    synchronize(lm.device)
+    t0 = time.perf_counter()
+    state, logits = loop.step(lm.model, nxt, state)
+    synchronize(lm.device)
+    loop.trace.step_s.append(time.perf_counter() - t0)
+    if loop.trace.read_state:
+        loop.trace.state_bytes.append(loop.fam.state_bytes(state))
+    return state, logits
+
+
+def _batch(lm, loop: _Loop, ids, rows, prefix) -> tuple[list[list[int]], float]:
     """Greedy tokens for `rows` of `ids` (each cut after its EOS / stop / last token) and the
     perf_counter at which the first token of every row existed."""
-    tok, model = lm.tokenizer, lm.model
+    fam, gen = loop.fam, loop.gen
     p = len(prefix[0]) if prefix else 0
     new = [[] for _ in rows]  # generated tokens per position in `rows`
     live = list(range(len(rows)))  # positions still generating, in state order
     first = None
-    window = STOP_WINDOW + max((len(s) for s in settings.stop), default=0)
-    with torch.inference_mode(), fastlinear.packed(model):
-        state, logits = fam.prefill(model, [ids[i][p:] for i in rows], prefix[1] if prefix else None)
-        for k in range(settings.max_new_tokens):
-            if k < settings.min_new_tokens and eos:
-                logits[:, list(eos)] = -torch.inf
+    with torch.inference_mode(), fastlinear.packed(lm.model):
+        state, logits = fam.prefill(lm.model, [ids[i][p:] for i in rows], prefix[1] if prefix else None)
+        if loop.trace is not None and loop.trace.read_state:
+            loop.trace.state_bytes.append(fam.state_bytes(state))
+        for k in range(gen.max_new_tokens):
+            if k < gen.min_new_tokens and loop.eos:
+                logits[:, list(loop.eos)] = -torch.inf
             nxt = logits.argmax(-1)  # (B_live,)
             if first is None:
                 synchronize(lm.device)
                 first = time.perf_counter()
             for j, t in zip(live, nxt.tolist()):
                 new[j].append(t)
-            early = k + 1 >= settings.min_new_tokens  # before min_new_tokens nothing stops a row
-            tails = tok.batch_decode([new[j][-window:] for j in live], skip_special_tokens=True) \
-                if settings.stop and early else [""] * len(live)
-            keep = [b for b, j in enumerate(live)
-                    if not (early and (new[j][-1] in eos or any(s and s in tails[b] for s in settings.stop)))]
-            if not keep or k + 1 == settings.max_new_tokens:
+            keep = _finished(lm, loop, new, live, k)
+            if not keep or k + 1 == gen.max_new_tokens:
                 break
             if len(keep) < len(live):
                 state = fam.select(state, torch.tensor(keep, device=nxt.device))
                 nxt, live = nxt[keep], [live[b] for b in keep]
-            state, logits = step(model, nxt, state)
+            state, logits = _timed_step(lm, loop, nxt, state)
     synchronize(lm.device)
     return new, first or time.perf_counter()
 
@@ -113,36 +150,47 @@ class TokenBatch:
     info: dict
 
 
-def run(lm, ids: Sequence[Sequence[int]], settings: GenSettings, share_prefix: bool = True) -> Iterator[TokenBatch]:
+def _prefix(lm, fam, ids, share: bool) -> tuple[tuple | None, float]:
+    """The shared token prefix of all prompts prefilled once at batch 1: ((tokens, state) or None, seconds)."""
+    p = common_prefix(ids) if share else 0
+    if p < MIN_PREFIX:
+        return None, 0.0
+    synchronize(lm.device)
+    t0 = time.perf_counter()
+    with torch.inference_mode(), fastlinear.packed(lm.model):
+        prefix = (list(ids[0][:p]), fam.prefill(lm.model, [list(ids[0][:p])])[0])
+    synchronize(lm.device)
+    return prefix, time.perf_counter() - t0
+
+
+def _rows(ids, order: list[int], start: int, limit: int, gen: GenConfig) -> list[int]:
+    """The next batch: up to `limit` rows from `start` of the longest-first order, under the token budget."""
+    rows = [order[start]]
+    while (len(rows) < limit and start + len(rows) < len(order)
+           and (len(rows) + 1) * (len(ids[rows[0]]) + gen.max_new_tokens) <= TOKEN_BUDGET):
+        rows.append(order[start + len(rows)])
+    return rows
+
+
+def run(lm, ids: Sequence[Sequence[int]], gen: GenConfig, share_prefix: bool = True,
+        trace: StepTrace | None = None) -> Iterator[TokenBatch]:
     """The engine on token ids: greedy tokens for every prompt, one `TokenBatch` per batch, longest first."""
     fam = families.get(lm.family)
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    eos = _eos_ids(lm)
-    step, compiled = _stepper(lm, fam, settings)
-    p = common_prefix(ids) if share_prefix else 0
-    prefix, prefix_s = None, 0.0
-    synchronize(lm.device)
-    t0 = time.perf_counter()
-    if p >= MIN_PREFIX:
-        with torch.inference_mode(), fastlinear.packed(lm.model):
-            prefix = (list(ids[0][:p]), fam.prefill(lm.model, [list(ids[0][:p])])[0])
-        synchronize(lm.device)
-        prefix_s = time.perf_counter() - t0
-    else:
-        p = 0
+    step, compiled = _stepper(lm, fam, gen)
+    loop = _Loop(fam, step, gen, _eos_ids(lm), trace)
+    prefix, prefix_s = _prefix(lm, fam, ids, share_prefix)
+    p = len(prefix[0]) if prefix else 0
     info = {"engine": "archbench", "kernel": kernel(lm), "prefix_cache_tokens": p,
-            "compile": compiled, "batch_policy": f"sorted by length, <= {settings.batch_size or 'auto'} rows, "
+            "compile": compiled, "batch_policy": f"sorted by length, <= {gen.batch_size or 'auto'} rows, "
                                                   f"<= {TOKEN_BUDGET} tokens, halve on OOM"}
-    limit, start, charged = settings.batch_size if settings.batch_size > 0 else len(order), 0, False
+    limit, start, charged = gen.batch_size if gen.batch_size > 0 else len(order), 0, False
     while start < len(order):
-        rows = [order[start]]
-        while (len(rows) < limit and start + len(rows) < len(order)
-               and (len(rows) + 1) * (len(ids[rows[0]]) + settings.max_new_tokens) <= TOKEN_BUDGET):
-            rows.append(order[start + len(rows)])
+        rows = _rows(ids, order, start, limit, gen)
         synchronize(lm.device)
         t0 = time.perf_counter()
         try:
-            tokens, first = _batch(lm, fam, step, ids, rows, settings, prefix, eos)
+            tokens, first = _batch(lm, loop, ids, rows, prefix)
         except RuntimeError as err:  # torch.OutOfMemoryError is one; anything else is re-raised
             if not is_out_of_memory(err) or len(rows) == 1:
                 raise
@@ -157,15 +205,15 @@ def run(lm, ids: Sequence[Sequence[int]], settings: GenSettings, share_prefix: b
         charged, start = True, start + len(rows)
 
 
-def generate(lm, prompts: Sequence[str], settings: GenSettings) -> Iterator[BatchResult]:
+def generate(lm, prompts: Sequence[str], gen: GenConfig) -> Iterator[BatchResult]:
     """Greedy-generate a completion for every prompt; yields batches (longest prompts first) as they finish."""
     tok = lm.tokenizer
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    for b in run(lm, ids, settings):
+    for b in run(lm, ids, gen):
         comps = []
         for i, new in zip(b.rows, b.tokens):
             raw = tok.decode(new, skip_special_tokens=True)
-            comps.append(Completion(index=i, text=cut_at_stop(raw, settings.stop)[0], raw=raw,
+            comps.append(Completion(index=i, text=cut_at_stop(raw, gen.stop)[0], raw=raw,
                                     new_tokens=len(new), prompt_tokens=len(ids[i])))
         yield BatchResult(comps, prefill_s=b.prefill_s, decode_s=b.decode_s, prefill_tokens=b.prefill_tokens,
                           decode_tokens=sum(max(len(t) - 1, 0) for t in b.tokens), info=b.info)

@@ -1,145 +1,208 @@
-"""The SQuAD evaluation recipe: models x shot settings x trials, scored, timed, stored, resumable.
+"""The eval recipe: models x shot settings x trials on one task (tasks/), scored, timed, stored, resumable.
 
-Protocol (defaults): greedy decoding, stop at the first newline, 32 new tokens; official SQuAD v1.1 EM/F1
-over all gold answers (Rajpurkar et al. 2016) plus the seed study's strict match and `contains`.
-Few-shot sets come from a separate pool and, as in HELM (Liang et al. 2022), one trial draws one shot set
-that every question of the trial shares; several trials measure how much the choice of shots moves scores.
-Every finished batch is committed to the SQLite store at once; a rerun of the same run directory skips
-finished examples, and summary.json / predictions.jsonl are rebuilt from stored rows.
+Protocol (defaults in config.py): greedy decoding, stop at the first newline, 32 new tokens. The task decides
+the items, how a prompt is built and fitted to each model's window, and the metrics. As in HELM (Liang et al.
+2022) one trial draws one shot set that every item of the trial shares; several trials measure how much the
+choice of shots moves scores. Items are generated group by group of the task's breakdown (e.g. one context
+length at a time), so each group's timing is its own. Every finished batch is committed to the SQLite store at
+once; a rerun of the same run directory skips finished items, and summary.json / predictions.jsonl are
+rebuilt from stored rows. Items a model cannot take (longer than its window) are skipped and recorded.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
-import statistics
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from archbench import data as data_mod
-from archbench import loading, metrics, prompts
-from archbench.generation import DEFAULT_ENGINE, GenSettings, generate
+from archbench import loading, tasks
+from archbench.config import EvalConfig, GenConfig, check_device
+from archbench.generation import generate
 from archbench.store import Store
+from archbench.summary import summarize
 from archbench.trackers import MemoryTracker, Timer, environment
 
-DEFAULT_DB = "runs/archbench.sqlite"
-# settings that change what a stored prediction means: a rerun in the same run directory must match them
-PROTOCOL_KEYS = ("data", "gold", "prompt_style", "shots_from", "seed", "max_new_tokens", "stop", "dtype")
+# settings that change what a stored prediction means, besides the task's identity: a rerun must match them
+PROTOCOL_KEYS = ("max_new_tokens", "stop", "dtype")
 
 
-def stored_run(run_dir: Path, settings: dict) -> tuple[str, list[str]] | None:
-    """The run stored in `run_dir` (None: none yet) as its run id and the protocol keys on which `settings`
-    differ from it."""
+def protocol(cfg: EvalConfig, task) -> dict:
+    """What a stored prediction of this run depends on (the task's identity plus generation settings)."""
+    return {**task.identity(), "max_new_tokens": cfg.gen.max_new_tokens, "stop": list(cfg.gen.stop),
+            "dtype": cfg.runtime.dtype}
+
+
+def stored_run(run_dir: Path, wanted: dict) -> tuple[str, list[str]] | None:
+    """The run stored in `run_dir` (None: none yet) as its run id and the protocol keys on which `wanted`
+    differs from it (a run stored before tasks existed was a SQuAD run)."""
     meta = run_dir / "run.json"
     if not meta.exists():
         return None
     run = json.loads(meta.read_text())
-    old = run["protocol"]
-    return run["run_id"], sorted(k for k in PROTOCOL_KEYS
-                                 if old.get(k) != (list(settings[k]) if k == "stop" else settings[k]))
+    old = {"task": "squad", **run["protocol"]}
+    return run["run_id"], sorted(k for k in old if k in wanted and old[k] != wanted[k])
 
 
-def _open_run(run_dir: Path, config: dict) -> str:
+def _open_run(run_dir: Path, wanted: dict) -> str:
     """Return the run id of `run_dir`, creating it; refuse a rerun whose protocol differs."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    meta = run_dir / "run.json"
-    found = stored_run(run_dir, config)
+    found = stored_run(run_dir, wanted)
     if found:
         run_id, changed = found
         if changed:
-            raise ValueError(f"{meta}: this run directory was made with other settings ({', '.join(changed)}); "
-                             "use a new --run-dir")
+            raise ValueError(f"{run_dir / 'run.json'}: this run directory was made with other settings "
+                             f"({', '.join(changed)}); use a new --run-dir")
         return run_id
     run_id = f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    meta.write_text(json.dumps({"run_id": run_id, "protocol": {k: config[k] for k in PROTOCOL_KEYS}}, indent=1))
+    (run_dir / "run.json").write_text(json.dumps({"run_id": run_id, "protocol": wanted}, indent=1))
     return run_id
 
 
-def _rows(batch, todo, fitted, shot_count) -> list[dict]:
-    rows = []
-    for c in batch.completions:
-        ex, fit = todo[c.index], fitted[c.index]
-        prediction = c.text.strip()
-        rows.append({"id": ex.id, "shots": shot_count, "shots_used": fit.shots_used,
-                     "context_truncated": fit.context_truncated, "prompt_tokens": c.prompt_tokens,
-                     "new_tokens": c.new_tokens, "prompt": fit.text, "prediction": prediction, "raw": c.raw,
-                     "golds": list(ex.answers), **metrics.score(prediction, c.raw, ex.answers)})
-    return rows
+def run_config(cfg: EvalConfig, task) -> dict:
+    """The flat record of a run's settings stored with it (the report's provenance reads it)."""
+    return {"models": list(cfg.models), **task.identity(), "shots": list(cfg.shots), "trials": cfg.trials,
+            "batch_size": cfg.gen.batch_size, "max_new_tokens": cfg.gen.max_new_tokens, "stop": list(cfg.gen.stop),
+            "compile": cfg.gen.compile, **asdict(cfg.runtime), "adapter": cfg.adapter,
+            "task_spec": task_spec(task)}
 
 
-def _warm_up(lm, text: str, settings: GenSettings, engine: str) -> None:
+def task_spec(task) -> dict:
+    """What tables and plots need to know of a task without importing it."""
+    return {"name": task.name, "title": task.title, "breakdown": list(task.breakdown),
+            "columns": list(task.columns), "metrics": [asdict(m) for m in task.metrics]}
+
+
+@dataclass
+class _Run:
+    """One eval run in progress: what every stage of the loop needs."""
+
+    cfg: EvalConfig
+    task: object
+    store: Store
+    live: object  # predictions.jsonl, appended per batch
+    run_id: str
+    shot_sets: dict
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Evaluate every model x shot setting x trial on the task; returns the summary (also in run_dir)."""
+    check_device(cfg.runtime.device)
+    task = tasks.make(cfg.task, **cfg.task_options)
+    run_path = Path(cfg.run_dir)
+    items = task.items()
+    shot_sets = {(k, t): task.shots(k, t) for k in cfg.shots if k > 0 for t in range(cfg.trials)}  # fail early
+    run_id = _open_run(run_path, protocol(cfg, task))
+    with Store(cfg.db) as store, open(run_path / "predictions.jsonl", "a") as live:
+        store.ensure_run(run_id, "eval", run_config(cfg, task), environment(cfg.runtime.device))
+        run = _Run(cfg, task, store, live, run_id, shot_sets)
+        for name in cfg.models:
+            _evaluate_model(run, name, items)
+        return _write_outputs(store, run_id, run_path)
+
+
+def _evaluate_model(run: _Run, name: str, items: list) -> None:
+    rt = run.cfg.runtime
+    lm = loading.load(name, device=rt.device, dtype=rt.dtype, adapter=run.cfg.adapter)
+    run.store.add_model(run.run_id, lm)
+    warmed = False
+    for k in run.cfg.shots:
+        for trial in range(run.cfg.trials if k > 0 else 1):
+            done = run.store.done_ids(run.run_id, lm.name, k, trial)
+            skipped = {r["key"] for r in run.store.records(run.run_id, "skipped")}
+            todo = [it for it in items if it.id not in done and f"{lm.name}|{k}|{trial}|{it.id}" not in skipped]
+            if not todo:
+                continue
+            prompts = _build(run, lm, todo, run.shot_sets.get((k, trial), []), (k, trial))
+            if prompts and not warmed:
+                _warm_up(lm, prompts[0][1].text, run.cfg.gen, rt.engine)
+                warmed = True
+            for group in _groups(run.task, prompts):
+                _generate_group(run, lm, (k, trial), group, len(done))
+
+
+def _build(run: _Run, lm, todo: list, shots: list, setting: tuple[int, int]) -> list[tuple]:
+    """(item, prompt) for every item the model can take; the others are recorded as skipped with the reason."""
+    out = []
+    for item in todo:
+        try:
+            out.append((item, run.task.build(item, shots, lm.tokenizer, lm.max_len, run.cfg.gen.max_new_tokens)))
+        except tasks.Skip as why:
+            key = f"{lm.name}|{setting[0]}|{setting[1]}|{item.id}"
+            run.store.put(run.run_id, "skipped", key, {"model": lm.name, "shots": setting[0], "trial": setting[1],
+                                                       "id": item.id, "meta": dict(item.meta), "reason": str(why)})
+    if len(out) < len(todo):
+        print(f"{lm.name}: {len(todo) - len(out)} of {len(todo)} items skipped (recorded with their reasons)")
+    return out
+
+
+def _groups(task, prompts: list[tuple]) -> list[list[tuple]]:
+    """The (item, prompt) pairs split by the task's breakdown values, in order of first appearance."""
+    groups: dict[tuple, list] = {}
+    for item, prompt in prompts:
+        meta = dict(item.meta)
+        groups.setdefault(tuple(meta.get(k) for k in task.breakdown), []).append((item, prompt))
+    return list(groups.values())
+
+
+def _warm_up(lm, text: str, gen: GenConfig, engine: str) -> None:
     """One short untimed generation so lazy initialisation never lands in a timed region."""
-    warm = GenSettings(max_new_tokens=2, stop=settings.stop, batch_size=1, compile=settings.compile)
+    warm = dataclasses.replace(gen, max_new_tokens=2, batch_size=1, min_new_tokens=0)
     for _ in generate(lm, [text], warm, engine):
         pass
 
 
-def summarize(store: Store, run_id: str) -> dict:
-    """Recompute the summary of an eval run from its stored rows (the single source of every number)."""
-    run = store.run(run_id)
-    models = store.models(run_id)
-    groups: dict[tuple, list[dict]] = {}
-    for row in store.predictions(run_id):
-        groups.setdefault((row["model"], row["shots"], row["trial"]), []).append(row)
-    results = []
-    for (model, shots, trial), rows in groups.items():
-        batches = store.batches(run_id, model, shots, trial)
-        prefill_s = sum(b["prefill_s"] for b in batches)
-        decode_s = sum(b["decode_s"] for b in batches)
-        wall_s = sum(b["wall_s"] for b in batches)
-        new_tokens = sum(b["new_tokens"] for b in batches)
-        info = batches[-1]["info"] if batches else {}
-        mean = lambda key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
-        meta = models.get(model, {})
-        results.append({
-            "model": model, "family": meta.get("family"), "params": meta.get("params"),
-            "untrained": bool(meta.get("untrained")), "adapter": meta.get("adapter"),
-            "shots": shots, "trial": trial, "n": len(rows),
-            "shots_used_mean": mean("shots_used"),
-            "em": mean("em"), "f1": mean("f1"), "seed_em": mean("seed_em"), "contains": mean("contains"),
-            "empty": sum(1 for r in rows if r["prediction"] == ""),
-            "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
-            "generated_tokens": sum(r["new_tokens"] for r in rows),
-            "prefill_s": prefill_s, "decode_s": decode_s,
-            "prefill_tok_s": sum(b["prefill_tokens"] for b in batches) / prefill_s if prefill_s else 0.0,
-            "decode_tok_s": sum(b["decode_tokens"] for b in batches) / decode_s if decode_s else 0.0,
-            "gen_tok_s": new_tokens / (prefill_s + decode_s) if prefill_s + decode_s else 0.0,
-            "ttft_ms": 1000 * statistics.median(b["prefill_s"] for b in batches) if batches else 0.0,
-            "chars_s": sum(b["chars"] for b in batches) / wall_s if wall_s else 0.0,
-            "peak_mem_mb": max((b["peak_mem_mb"] for b in batches), default=0.0),
-            "wall_s": wall_s, "batches": len(batches),
-            "engine": info.get("engine"), "kernel": info.get("kernel"),
-        })
-    order = list(models)  # the order the models were evaluated in
-    results.sort(key=lambda r: (order.index(r["model"]) if r["model"] in order else len(order), r["shots"], r["trial"]))
-    return {"run_id": run_id, "env": run["env"], "config": run["config"], "results": results,
-            "aggregates": aggregate(results)}
+def _rows(run: _Run, batch, group: list[tuple], shot_count: int) -> list[dict]:
+    rows = []
+    for c in batch.completions:
+        item, prompt = group[c.index]
+        prediction = c.text.strip()
+        rows.append({"id": item.id, "shots": shot_count, "shots_used": prompt.shots_used,
+                     "context_truncated": prompt.context_truncated, "prompt_tokens": c.prompt_tokens,
+                     "new_tokens": c.new_tokens, "prompt": prompt.text, "prediction": prediction, "raw": c.raw,
+                     "golds": list(item.example.answers), "meta": dict(item.meta),
+                     "scores": run.task.score(item, prediction, c.raw)})
+    return rows
 
 
-def aggregate(results: list[dict]) -> list[dict]:
-    """Mean and spread over trials for each model x shot setting."""
-    out: dict[tuple, list[dict]] = {}
-    for r in results:
-        out.setdefault((r["model"], r["shots"]), []).append(r)
-    aggs = []
-    for (model, shots), rs in out.items():
-        agg = {"model": model, "shots": shots, "trials": len(rs)}
-        for key in ("em", "f1", "seed_em", "contains", "gen_tok_s", "empty"):
-            values = [r[key] for r in rs]
-            agg[f"{key}_mean"] = statistics.fmean(values)
-            agg[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-        aggs.append(agg)
-    return aggs
+def _generate_group(run: _Run, lm, setting: tuple[int, int], group: list[tuple], already: int) -> None:
+    k, trial = setting
+    meta = dict(group[0][0].meta)
+    where = "".join(f" {key}={meta.get(key)}" for key in run.task.breakdown)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task(f"{lm.name} {k}-shot trial {trial}{where}", total=len(group) + already,
+                            completed=already)
+        stream = generate(lm, [p.text for _, p in group], run.cfg.gen, run.cfg.runtime.engine)
+        while True:
+            with MemoryTracker(lm.device) as mem, Timer(lm.device) as wall:
+                batch = next(stream, None)
+            if batch is None:
+                break
+            rows = _rows(run, batch, group, k)
+            run.store.add_batch(run.run_id, lm.name, k, trial, rows, {
+                "n": len(rows), "prefill_tokens": batch.prefill_tokens, "decode_tokens": batch.decode_tokens,
+                "new_tokens": sum(c.new_tokens for c in batch.completions),
+                "chars": sum(len(c.raw) for c in batch.completions), "prefill_s": batch.prefill_s,
+                "decode_s": batch.decode_s, "wall_s": wall.result.seconds, "peak_mem_mb": mem.result.peak_mb,
+                "info": {**batch.info, "memory": asdict(mem.result), "group": meta_key(meta, run.task.breakdown)}})
+            run.live.writelines(_line(r["id"], lm.name, k, trial, r) for r in rows)
+            run.live.flush()
+            bar.advance(task, len(rows))
 
 
-_LINE_KEYS = ("shots_used", "prompt_tokens", "prediction", "golds", "em", "f1")
+def meta_key(meta: dict, breakdown) -> dict:
+    """The breakdown values of an item (the part of its meta that groups results)."""
+    return {key: meta.get(key) for key in breakdown}
 
 
 def _line(example_id: str, model: str, shots: int, trial: int, row: dict) -> str:
     """One predictions.jsonl row."""
-    return json.dumps({"id": example_id, "model": model, "shots": shots, "trial": trial,
-                       **{k: row[k] for k in _LINE_KEYS}}) + "\n"
+    return json.dumps({"id": example_id, "model": model, "shots": shots, "trial": trial, "meta": row["meta"],
+                       "shots_used": row["shots_used"], "prompt_tokens": row["prompt_tokens"],
+                       "prediction": row["prediction"], "golds": row["golds"], **row["scores"]}) + "\n"
 
 
 def _write_outputs(store: Store, run_id: str, run_dir: Path) -> dict:
@@ -149,66 +212,3 @@ def _write_outputs(store: Store, run_id: str, run_dir: Path) -> dict:
         for r in store.predictions(run_id):
             f.write(_line(r["example_id"], r["model"], r["shots"], r["trial"], r))
     return summary
-
-
-def evaluate(*, models: list[str], data: str, gold: str | None = None, shots: list[int] = (0,),
-             shots_from: str | None = None, trials: int = 1, limit: int | None = None,
-             prompt_style: str = "default", batch_size: int = 8, max_new_tokens: int = 32,
-             stop: tuple[str, ...] = ("\n",), run_dir: str = "runs/eval", db: str = DEFAULT_DB,
-             device: str = "cpu", dtype: str = "float32", engine: str = DEFAULT_ENGINE, adapter: str | None = None,
-             seed: int = 1234, compile: bool = False) -> dict:
-    """Evaluate every model x shot setting x trial on SQuAD; returns the summary (also in run_dir)."""
-    examples = data_mod.load_examples(data, gold=gold, limit=limit)
-    style = prompts.load_style(prompt_style)
-    config = {"models": list(models), "data": data, "gold": gold, "shots": list(shots), "shots_from": shots_from,
-              "trials": trials, "limit": limit, "prompt_style": prompt_style, "batch_size": batch_size,
-              "max_new_tokens": max_new_tokens, "stop": list(stop), "device": device, "dtype": dtype,
-              "engine": engine, "adapter": adapter, "seed": seed, "compile": compile}
-    run_path = Path(run_dir)
-    run_id = _open_run(run_path, config)
-    settings = GenSettings(max_new_tokens=max_new_tokens, stop=tuple(stop), batch_size=batch_size, compile=compile)
-    shot_sets = {(k, t): prompts.resolve_shots(shots_from, k, seed=seed + t, evaluated=examples, data_source=data)
-                 for k in shots if k > 0 for t in range(trials)}  # resolved up front: a bad pool fails before work
-    with Store(db) as store, open(run_path / "predictions.jsonl", "a") as live:
-        store.ensure_run(run_id, "eval", config, environment(device))
-        for name in models:
-            lm = loading.load(name, device=device, dtype=dtype, adapter=adapter)
-            store.add_model(run_id, lm)
-            warmed = False
-            for k in shots:
-                for trial in range(trials if k > 0 else 1):
-                    done = store.done_ids(run_id, lm.name, k, trial)
-                    todo = [e for e in examples if e.id not in done]
-                    if not todo:
-                        continue
-                    shot_set = shot_sets.get((k, trial), [])
-                    fitted = [prompts.fit_prompt(style, e, shot_set, lm.tokenizer, lm.max_len, max_new_tokens)
-                              for e in todo]
-                    if not warmed:
-                        _warm_up(lm, fitted[0].text, settings, engine)
-                        warmed = True
-                    _run_setting(store, live, run_id, lm, k, trial, todo, fitted, settings, engine, len(done))
-        summary = _write_outputs(store, run_id, run_path)
-    return summary
-
-
-def _run_setting(store, live, run_id, lm, k, trial, todo, fitted, settings, engine, already) -> None:
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, transient=False) as bar:
-        task = bar.add_task(f"{lm.name} {k}-shot trial {trial}", total=len(todo) + already, completed=already)
-        stream = generate(lm, [f.text for f in fitted], settings, engine)
-        while True:
-            with MemoryTracker(lm.device) as mem, Timer(lm.device) as wall:
-                batch = next(stream, None)
-            if batch is None:
-                break
-            rows = _rows(batch, todo, fitted, k)
-            store.add_batch(run_id, lm.name, k, trial, rows, {
-                "n": len(rows), "prefill_tokens": batch.prefill_tokens, "decode_tokens": batch.decode_tokens,
-                "new_tokens": sum(c.new_tokens for c in batch.completions),
-                "chars": sum(len(c.raw) for c in batch.completions), "prefill_s": batch.prefill_s,
-                "decode_s": batch.decode_s, "wall_s": wall.result.seconds, "peak_mem_mb": mem.result.peak_mb,
-                "info": {**batch.info, "memory": asdict(mem.result)}})
-            live.writelines(_line(r["id"], lm.name, k, trial, r) for r in rows)
-            live.flush()
-            bar.advance(task, len(rows))

@@ -62,8 +62,9 @@ def _scatter(points: list[dict], key: str, ylabel: str, title: str, logy: bool) 
 
 
 def accuracy_vs_params(points: list[dict]) -> bytes | None:
-    """SQuAD F1 (mean over trials) against parameter count, by family."""
-    return _scatter(points, "f1", "SQuAD F1", "F1 vs parameters", logy=False)
+    """The task's plotted score (SQuAD: F1; mean over trials) against parameter count, by family."""
+    name = points[0]["score_label"] if points else "score"
+    return _scatter(points, "score", name, f"{name.split()[-1]} vs parameters", logy=False)
 
 
 def speed_vs_params(points: list[dict]) -> bytes | None:

@@ -1,7 +1,9 @@
 """Reports: report.md and one self-contained report.html, rendered from stored results only.
 
-Sources are study files (their store and plan), eval / fine-tune / bench run folders, or run ids. Eval
-numbers come from `evaluate.summarize` (means and spreads over trials in its `aggregates`), bench points
+Sources are resolved to stored runs by sources.py (study files, run folders, run ids). Eval numbers come
+from `summary.summarize` (means and spreads over trials in its `aggregates`); the columns of an eval's tables
+are the metrics its task declares (stored with the run), one column group per shot setting and breakdown
+group (e.g. context length). Bench points
 and training logs from their store records; each table cell is formatted from one of those values, and
 the plots draw the very same values. The only numbers made here are differences between two stored
 values (fine-tuned minus base, later run minus earlier run), shown with their sign.
@@ -12,22 +14,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from archbench import families, plots, tables
-from archbench.evaluate import DEFAULT_DB, PROTOCOL_KEYS, summarize
+from archbench import families, fmt, plots, tables
 from archbench.report_html import to_html
 from archbench.store import Store
+from archbench.summary import summarize
 
 FAMILIES = tuple(families.names())  # report sections in the registry's order
-_PROTOCOL = PROTOCOL_KEYS + ("limit",)  # two eval results are comparable when these match
+# two eval results are comparable when these settings match (the task's identity is compared as a whole)
+_PROTOCOL = ("task", "data", "gold", "prompt_style", "shots_from", "seed", "max_new_tokens", "stop", "dtype", "limit")
 _BENCH_COLS = (("TTFT ms", "ttft_ms_median", ".1f"), ("prefill tok/s", "prefill_tok_s", ".0f"),
                ("decode ms/tok", "decode_ms_median", ".2f"), ("decode tok/s", "decode_tok_s", ".1f"),
-               ("peak MB", "peak_mem_mb", ".0f"), ("state KB", "state_bytes", None))
-
-
-def render_report(*, sources: list[str], out: str = "runs/report", db: str = DEFAULT_DB) -> list[Path]:
-    """`archbench report`: resolve every source to stored runs and write OUT/report.md and OUT/report.html."""
-    refs = [ref for source in sources for ref in _resolve(source, db)]
-    return write_report(refs, Path(out))
+               ("peak MB", "peak_mem_mb", ".0f"), ("state", "state_bytes", "size"))
 
 
 def write_report(refs: list[tuple[str, str]], out: Path) -> list[Path]:
@@ -44,52 +41,7 @@ def write_report(refs: list[tuple[str, str]], out: Path) -> list[Path]:
     return [md, page]
 
 
-# finding and reading stored runs ------------------------------------------------------------------
-def _resolve(source: str, db: str) -> list[tuple[str, str]]:
-    from archbench import study
-
-    path = Path(source)
-    if path.suffix in (".yaml", ".yml") or (not path.exists() and "/" not in source and _shipped(source)):
-        spec = study.load(source, need_env=False)
-        if not Path(study.db_path(spec)).exists():
-            raise FileNotFoundError(f"study {source!r} has no results yet: run `archbench run {source}` first")
-        return [(study.db_path(spec), f"study-{spec['name']}")]
-    if not Path(db).exists():
-        raise FileNotFoundError(f"--db {db}: no such store")
-    if path.is_dir():
-        with Store(db) as store:
-            run_id = _folder_run(store, path)
-        if run_id:
-            return [(db, run_id)]
-        raise FileNotFoundError(f"report source {source}: no run.json, finetune.json or bench.json with a run id")
-    with Store(db) as store:
-        if store.run(source) is not None:
-            return [(db, source)]
-    raise FileNotFoundError(f"report source {source!r}: not a study, a run folder, or a run id in {db}")
-
-
-def _shipped(name: str) -> bool:
-    from archbench import study
-
-    try:
-        return study.find(name) is not None
-    except FileNotFoundError:
-        return False
-
-
-def _folder_run(store: Store, folder: Path) -> str | None:
-    """The run id of an output folder: from its run.json / finetune.json / bench.json, else the last run whose
-    stored config names the folder as its `out`."""
-    for name in ("run.json", "finetune.json", "bench.json"):
-        if (folder / name).exists():
-            run_id = json.loads((folder / name).read_text()).get("run_id")
-            if run_id:
-                return run_id
-    found = [r["run_id"] for r in store.runs() if r["config"].get("out")
-             and Path(r["config"]["out"]).resolve() == folder.resolve()]
-    return found[-1] if found else None
-
-
+# reading stored runs ------------------------------------------------------------------------------
 def collect(refs: list[tuple[str, str]]) -> dict:
     """Everything the report shows, read from the stores: summaries, examples, points, logs, answers."""
     res = {"title": None, "studies": [], "labels": {}, "untrained": set(), "evals": [], "examples": [],
@@ -118,7 +70,7 @@ def _add_study(store: Store, run: dict, res: dict) -> None:
         base = next(m for m in spec["models"] if ft["model"] in (m["model"], m["label"]))
         res["labels"][f"{base['model']}+{ft['name']}"] = ft["label"]
     for step in steps:
-        run_id = step["run_id"] or (_folder_run(store, Path(step["out"])) if step["out"] else None)
+        run_id = step["run_id"] or (store.folder_run(Path(step["out"])) if step["out"] else None)
         if run_id and store.run(run_id) is not None:
             _add_run(store, store.run(run_id), step["group"], res)
 
@@ -127,12 +79,16 @@ def _add_run(store: Store, run: dict, group: str, res: dict) -> None:
     run_id, kind = run["run_id"], run["kind"]
     res["runs"].append({"run_id": run_id, "kind": kind, "group": group, "config": run["config"], "env": run["env"]})
     if kind == "eval":
-        res["evals"].append({"group": group, "run_id": run_id, "summary": summarize(store, run_id)})
+        summary = summarize(store, run_id)
+        res["evals"].append({"group": group, "run_id": run_id, "summary": summary})
+        first, second = (headline(summary["task"]) + [None])[:2]
         for p in store.predictions(run_id):
             index = res["prompts"].setdefault(p["prompt"], len(res["prompts"]))
+            top = p["scores"].get(first["name"], 0.0)
             res["examples"].append({"m": label(res, p["model"]), "k": p["shots"], "t": p["trial"], "g": group,
                                     "id": p["example_id"], "p": index, "y": p["prediction"], "a": p["golds"],
-                                    "em": p["em"], "f1": p["f1"], "ok": int(p["em"] >= 1)})
+                                    "em": top, "f1": p["scores"].get(second["name"], top) if second else top,
+                                    "ok": int(top >= 1)})
     elif kind == "bench":
         res["bench"] += [{**p, "run_id": run_id} for p in store.records(run_id, "bench") if "context" in p]
     elif kind == "finetune":
@@ -144,6 +100,11 @@ def _add_run(store: Store, run: dict, group: str, res: dict) -> None:
         res["answers"] += store.records(run_id, "answer")
 
 
+def headline(spec: dict) -> list[dict]:
+    """The task's rate metrics in order (EM, F1, ... for SQuAD): the first is the headline."""
+    return [m for m in spec["metrics"] if m["percent"]]
+
+
 def label(res: dict, model: str) -> str:
     """A model's display name (the study's label), marked when it is an untrained zoo model."""
     return res["labels"].get(model, model) + (" (untrained)" if model in res["untrained"] else "")
@@ -151,48 +112,34 @@ def label(res: dict, model: str) -> str:
 
 # tables ------------------------------------------------------------------------------------------
 def model_points(res: dict) -> list[dict]:
-    """One point per eval group x model x shot setting: the summary's aggregate plus model facts."""
+    """One point per eval group x model x setting: the summary's aggregate plus model facts."""
     points = []
     for ev in res["evals"]:
         s = ev["summary"]
         meta = {r["model"]: r for r in s["results"]}
+        spec = s["task"]
+        by_name = {m["name"]: m for m in spec["metrics"]}
+        top = [by_name[c] for c in spec.get("columns") or by_name if by_name[c]["percent"]]  # plotted: the last
         for a in s["aggregates"]:
             m = meta[a["model"]]
-            points.append({"group": ev["group"], "run_id": ev["run_id"], "config": s["config"], "model": a["model"],
-                           "label": label(res, a["model"]), "family": m["family"], "params": m["params"],
-                           "untrained": a["model"] in res["untrained"], "adapter": m["adapter"],
-                           "n": m["n"], "shots": a["shots"], "agg": a,
-                           "f1": a["f1_mean"], "tok_s": a["gen_tok_s_mean"]})
+            n = next(r["n"] for r in s["results"] if r["model"] == a["model"] and r["shots"] == a["shots"]
+                     and r["group"] == a["group"])
+            points.append({"group": ev["group"], "run_id": ev["run_id"], "config": s["config"], "spec": s["task"],
+                           "model": a["model"], "label": label(res, a["model"]), "family": m["family"],
+                           "params": m["params"], "untrained": a["model"] in res["untrained"], "adapter": m["adapter"],
+                           "n": n, "shots": a["shots"], "agg": a, "score": a[f"{top[-1]['name']}_mean"],
+                           "score_label": f"{s['task']['title']} {top[-1]['label']}", "tok_s": a["gen_tok_s_mean"]})
     return points
 
 
-def _cell(agg: dict, key: str, fmt: str) -> str:
-    mean = format(agg[f"{key}_mean"], fmt)
-    return mean if agg["trials"] == 1 else f"{mean} ± {format(agg[f'{key}_std'], fmt)}"
-
-
 def family_tables(points: list[dict]) -> list[tuple[str, list[str], list[list[str]]]]:
-    """Seed-style tables of one eval group, one per family: Model | params | k-shot EM | F1 | tok/s | empty ...
-    (empty: answers that are empty after the stop cut, e.g. an instruct model ending its turn at once)"""
-    shots = sorted({p["shots"] for p in points})
-    seed = any(str(p["config"].get("prompt_style", "")).startswith("seed") or p["config"].get("shots_from") == "seed"
-               for p in points)
-    header = ["Model", "params"]
-    for k in shots:
-        header += ([f"{k}-shot seed acc", "EM"] if seed else [f"{k}-shot EM"]) + ["F1", "tok/s", "empty"]
-    out = []
+    """Seed-style tables of one eval group, one per family (tables.eval_table: the CLI's cells)."""
+    out, settings = [], tables.settings_of(points)
     for family in [f for f in FAMILIES if any(p["family"] == f for p in points)] + \
             sorted({p["family"] for p in points} - set(FAMILIES)):
-        rows: dict[str, list[str]] = {}
-        for p in (p for p in points if p["family"] == family):
-            rows.setdefault(p["label"], [p["label"], tables.params_label(p["params"])] +
-                            ["-"] * (len(header) - 2))
-            at = 2 + shots.index(p["shots"]) * (5 if seed else 4)
-            cells = ([_cell(p["agg"], "seed_em", ".2f")] if seed else []) + \
-                [_cell(p["agg"], "em", ".2f"), _cell(p["agg"], "f1", ".2f"), _cell(p["agg"], "gen_tok_s", ".1f"),
-                 f"{_cell(p['agg'], 'empty', '.0f' if p['agg']['trials'] == 1 else '.1f')}/{p['n']}"]
-            rows[p["label"]][at:at + len(cells)] = cells
-        out.append((family, header, list(rows.values())))
+        ps = [{**p, "params": fmt.params(p["params"])} for p in points if p["family"] == family]
+        head, rows = tables.eval_table(ps[0]["spec"], ps, ("Model", "params"), settings)
+        out.append((family, head, rows))
     return out
 
 
@@ -201,36 +148,45 @@ def _signed(a: float, b: float) -> str:
 
 
 def _same_protocol(p: dict, q: dict) -> bool:
-    return p["shots"] == q["shots"] and all(p["config"].get(k) == q["config"].get(k) for k in _PROTOCOL)
+    return (p["shots"] == q["shots"] and p["agg"]["group"] == q["agg"]["group"]
+            and all(p["config"].get(k, "squad" if k == "task" else None) ==
+                    q["config"].get(k, "squad" if k == "task" else None) for k in _PROTOCOL))
+
+
+def _pair(a: dict, b: dict) -> list[str]:
+    """Cells of two aggregates of the same task side by side: for its first two rate metrics A, B, Δ."""
+    out = []
+    for m in headline(b["spec"])[:2]:
+        key = m["name"]
+        out += [fmt.spread(a["agg"][f"{key}_values"], ".2f"), fmt.spread(b["agg"][f"{key}_values"], ".2f"),
+                _signed(a["agg"][f"{key}_mean"], b["agg"][f"{key}_mean"])]
+    return out
+
+
+def _pair_header(points: list[dict], a: str, b: str) -> list[str]:
+    names = [m["label"] for m in headline(points[0]["spec"])[:2]] if points else ["EM", "F1"]
+    return [h for n in names for h in (f"{n} {a}", f"{n} {b}" if b else n, f"Δ {n}")]
 
 
 def finetune_table(points: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Fine-tuned models against their base model under the same protocol and shot setting."""
-    header = ["Fine-tuned", "base", "eval", "shots", "base EM", "EM", "Δ EM", "base F1", "F1", "Δ F1"]
+    header = ["Fine-tuned", "base", "eval", "shots"] + _pair_header(points, "base", "")
     rows = []
     for p in (p for p in points if p["adapter"]):
         base = next((q for q in points if q["model"] == p["model"].split("+")[0] and _same_protocol(p, q)), None)
-        if base is None:
-            continue
-        a, b = base["agg"], p["agg"]
-        rows.append([p["label"], base["label"], p["group"], str(p["shots"]), _cell(a, "em", ".2f"),
-                     _cell(b, "em", ".2f"), _signed(a["em_mean"], b["em_mean"]), _cell(a, "f1", ".2f"),
-                     _cell(b, "f1", ".2f"), _signed(a["f1_mean"], b["f1_mean"])])
+        if base is not None:
+            rows.append([p["label"], base["label"], p["group"], str(p["shots"])] + _pair(base, p))
     return header, rows
 
 
 def comparison_table(points: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """The same model and shot setting in two runs: each later run against the first (B − A)."""
-    header = ["Model", "shots", "run A", "run B", "EM A", "EM B", "Δ EM", "F1 A", "F1 B", "Δ F1"]
+    """The same model and setting in two runs of the same task: each later run against the first (B − A)."""
+    header = ["Model", "shots", "run A", "run B"] + _pair_header(points, "A", "B")
     rows, first = [], {}
     for p in points:
-        a = first.setdefault((p["model"], p["shots"]), p)
-        if a is p:
-            continue
-        rows.append([p["label"], str(p["shots"]), a["group"], p["group"], _cell(a["agg"], "em", ".2f"),
-                     _cell(p["agg"], "em", ".2f"), _signed(a["agg"]["em_mean"], p["agg"]["em_mean"]),
-                     _cell(a["agg"], "f1", ".2f"), _cell(p["agg"], "f1", ".2f"),
-                     _signed(a["agg"]["f1_mean"], p["agg"]["f1_mean"])])
+        a = first.setdefault((p["model"], p["shots"], p["spec"]["name"], str(p["agg"]["group"])), p)
+        if a is not p:
+            rows.append([p["label"], str(p["shots"]), a["group"], p["group"]] + _pair(a, p))
     return header, rows
 
 
@@ -244,9 +200,9 @@ def bench_table(points: list[dict]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for p in sorted(points, key=lambda p: (p["label"], p["context"], p["batch"])):
         cells = []
-        for _, key, fmt in _BENCH_COLS:
+        for _, key, spec in _BENCH_COLS:
             value = p.get(key)
-            cells.append("-" if value is None else format(value / 1024, ".1f") if fmt is None else format(value, fmt))
+            cells.append("-" if value is None else fmt.size(value) if spec == "size" else format(value, spec))
         rows.append([p["label"], p.get("family", "?"), str(p["context"]), str(p["batch"]), p.get("status", "?"),
                      *cells])
     return header, rows
@@ -269,7 +225,8 @@ def _figures(res: dict) -> list[tuple[str, str, bytes]]:
     points = model_points(res)
     train = [{"label": t["name"], "steps": [e["step"] for e in t["log"] if "loss" in e],
               "losses": [e["loss"] for e in t["log"] if "loss" in e]} for t in res["train"]]
-    made = [("accuracy_vs_params", "SQuAD F1 vs parameters, by family", plots.accuracy_vs_params(points)),
+    title = points[0]["score_label"] if points else "score"
+    made = [("accuracy_vs_params", f"{title} vs parameters, by family", plots.accuracy_vs_params(points)),
             ("speed_vs_params", "Generated tokens/s vs parameters", plots.speed_vs_params(points)),
             ("bench_vs_context", "Decode latency and peak memory vs context length",
              plots.bench_vs_context(bench_points(res))),
@@ -277,7 +234,7 @@ def _figures(res: dict) -> list[tuple[str, str, bytes]]:
     return [(name, title, png) for name, title, png in made if png]
 
 
-_LEGEND = ("EM/F1: official SQuAD v1.1 scores over all gold answers (0-1). tok/s: generated tokens per second of "
+_LEGEND = ("SQuAD EM/F1: official SQuAD v1.1 scores over all gold answers (0-1). tok/s: generated tokens per second of "
            "generation (prefill + decode). seed acc: the seed study's strict single-answer match. With several "
            "trials a cell is mean ± standard deviation over trials. Models marked (untrained) are random-init zoo "
            "checkpoints: their numbers only show that the pipeline runs.")
@@ -295,8 +252,8 @@ def build(res: dict, figures: list) -> list[tuple]:
     for group in groups:
         ps = [p for p in points if p["group"] == group]
         c = ps[0]["config"]
-        blocks += [("h2", f"SQuAD: {group}"),
-                   ("p", (f"data {c.get('data')}, {max(p['n'] for p in ps)} questions, prompt style "
+        blocks += [("h2", f"{ps[0]['spec']['title']}: {group}"),
+                   ("p", (f"data {c.get('data')}, {max(p['n'] for p in ps)} items per setting, prompt style "
                          f"{', '.join(sorted({str(p['config'].get('prompt_style')) for p in ps}))}, shots from "
                          f"{c.get('shots_from')}, up to {c.get('max_new_tokens')} new tokens, stop {c.get('stop')}."))]
         for family, header, rows in family_tables(ps):

@@ -3,7 +3,10 @@
 Tables
   runs         run_id, kind (eval/ask/bench/finetune), created, config, env
   models       run_id, model, family, params, untrained, source, adapter
-  predictions  one row per (run, model, shots, trial, example): prompt, prediction, golds, scores
+  predictions  one row per (run, model, shots, trial, example): prompt, prediction, golds, and the task's
+               named scores and breakdown facts as JSON (`scores`, `meta`), so a new metric needs no new
+               column. Stores written before `scores` existed (fixed em/f1/seed_em/contains columns) are
+               migrated when opened: their scores are copied into `scores` and nothing else changes.
   batches      one row per generated batch: tokens, prefill/decode seconds, peak memory, engine info
   records      free-form JSON rows for other kinds of result (bench points, train logs, answers)
 Summaries are never stored as the source of truth: they are recomputed from these rows.
@@ -22,7 +25,7 @@ CREATE TABLE IF NOT EXISTS models (run_id TEXT, model TEXT, family TEXT, params 
 CREATE TABLE IF NOT EXISTS predictions (run_id TEXT, model TEXT, shots INTEGER, trial INTEGER, example_id TEXT,
     shots_used INTEGER, context_truncated INTEGER, prompt_tokens INTEGER, new_tokens INTEGER, prompt TEXT,
     prediction TEXT, raw TEXT, golds TEXT, em REAL, f1 REAL, seed_em REAL, contains REAL, created REAL,
-    PRIMARY KEY (run_id, model, shots, trial, example_id));
+    scores TEXT, meta TEXT, PRIMARY KEY (run_id, model, shots, trial, example_id));
 CREATE TABLE IF NOT EXISTS batches (run_id TEXT, model TEXT, shots INTEGER, trial INTEGER, created REAL,
     n INTEGER, prefill_tokens INTEGER, decode_tokens INTEGER, new_tokens INTEGER, chars INTEGER,
     prefill_s REAL, decode_s REAL, wall_s REAL, peak_mem_mb REAL, info TEXT);
@@ -38,6 +41,18 @@ class Store:
         self.db = sqlite3.connect(str(self.path), timeout=30)
         self.db.row_factory = sqlite3.Row
         self.db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a store of an earlier release up to this schema without changing any stored value."""
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(predictions)")}
+        if "scores" in columns:
+            return
+        with self.db:
+            self.db.execute("ALTER TABLE predictions ADD COLUMN scores TEXT")
+            self.db.execute("ALTER TABLE predictions ADD COLUMN meta TEXT")
+            self.db.execute("UPDATE predictions SET meta = '{}', scores = json_object('em', em, 'f1', f1, "
+                            "'seed_em', seed_em, 'contains', contains, 'empty', CAST(prediction = '' AS REAL))")
 
     def close(self) -> None:
         self.db.close()
@@ -86,11 +101,13 @@ class Store:
         now = time.time()
         with self.db:
             self.db.executemany(
-                "INSERT OR REPLACE INTO predictions VALUES "
-                "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO predictions (run_id, model, shots, trial, example_id, shots_used, "
+                "context_truncated, prompt_tokens, new_tokens, prompt, prediction, raw, golds, created, scores, "
+                "meta) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [(run_id, model, shots, trial, r["id"], r["shots_used"], int(r["context_truncated"]),
                   r["prompt_tokens"], r["new_tokens"], r["prompt"], r["prediction"], r["raw"],
-                  json.dumps(r["golds"]), r["em"], r["f1"], r["seed_em"], r["contains"], now) for r in rows])
+                  json.dumps(r["golds"]), now, json.dumps(r["scores"]), json.dumps(r.get("meta", {})))
+                 for r in rows])
             self.db.execute("INSERT INTO batches VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                             (run_id, model, shots, trial, now, batch["n"], batch["prefill_tokens"],
                              batch["decode_tokens"], batch["new_tokens"], batch["chars"], batch["prefill_s"],
@@ -101,12 +118,29 @@ class Store:
         if model is not None:
             q, args = q + " AND model=?", args + [model]
         rows = self.db.execute(q + " ORDER BY model, shots, trial, created, rowid", args).fetchall()
-        return [{**dict(r), "golds": json.loads(r["golds"])} for r in rows]
+        out = []
+        for r in rows:
+            row = {k: r[k] for k in r.keys() if k not in ("em", "f1", "seed_em", "contains")}
+            scores, meta = json.loads(r["scores"]), json.loads(r["meta"] or "{}")
+            out.append({**row, **scores, "golds": json.loads(r["golds"]), "scores": scores, "meta": meta})
+        return out
 
     def batches(self, run_id: str, model: str, shots: int, trial: int) -> list[dict]:
         rows = self.db.execute("SELECT * FROM batches WHERE run_id=? AND model=? AND shots=? AND trial=? "
                                "ORDER BY created", (run_id, model, shots, trial)).fetchall()
         return [{**dict(r), "info": json.loads(r["info"])} for r in rows]
+
+    def folder_run(self, folder: Path) -> str | None:
+        """The run id of an output folder: from its run.json / finetune.json / bench.json, else the last run
+        whose stored config names the folder as its `out`."""
+        for name in ("run.json", "finetune.json", "bench.json"):
+            if (folder / name).exists():
+                run_id = json.loads((folder / name).read_text()).get("run_id")
+                if run_id:
+                    return run_id
+        found = [r["run_id"] for r in self.runs() if r["config"].get("out")
+                 and Path(r["config"]["out"]).resolve() == folder.resolve()]
+        return found[-1] if found else None
 
     # free-form records (bench points, training logs, free-form answers) -----------------------
     def put(self, run_id: str, kind: str, key: str, data: dict) -> None:

@@ -15,6 +15,7 @@ Everything goes to `out:`: its own SQLite store (OUT/archbench.sqlite), run fold
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -26,28 +27,39 @@ from pathlib import Path
 import yaml
 
 from archbench import families
-from archbench.finetune import DEFAULTS as _FINETUNE_DEFAULTS
+from archbench.config import AskConfig, EvalConfig, GenConfig, RuntimeConfig, defaults, field_types
+from archbench.finetune_config import STUDY_ARGS, FinetuneConfig
 
 REQ = object()  # marks a required key
 _INT, _NUM, _STR = (int,), (int, float), (str,)
-TOP = {"name": (_STR, REQ), "description": (_STR, ""), "out": (_STR, REQ), "device": (_STR, "cpu"),
-       "dtype": (_STR, "float32"), "engine": (_STR, "archbench"), "seed": (_INT, 1234), "data": ((dict,), REQ),
+
+
+def _derived(cls, names: tuple[str, ...]) -> dict:
+    """Schema entries (types, default) of config fields, so a default is written only in config.py."""
+    types, values = field_types(cls), defaults(cls)
+    return {n: (types[n], list(values[n]) if isinstance(values[n], tuple) else values[n]) for n in names}
+
+
+TOP = {"name": (_STR, REQ), "description": (_STR, ""), "out": (_STR, REQ),
+       **_derived(RuntimeConfig, ("device", "dtype", "engine")), "seed": (_INT, 1234), "data": ((dict,), {}),
        "models": ((list,), REQ), "ask": ((list,), []), "evals": ((list,), []), "finetune": ((list,), []),
        "bench": ((list,), []), "report": ((dict,), {})}
-DATA = {"eval": (_STR, REQ), "gold": (_STR, None), "shots_from": (_STR, None), "train": (_STR, None)}
+DATA = {"eval": (_STR, None), "gold": (_STR, None), "shots_from": (_STR, None), "train": (_STR, None)}
 MODEL = {"model": (_STR, REQ), "label": (_STR, None), "family": (_STR, REQ)}
-ASK = {"question": (_STR, REQ), "shots": (_INT, 0), "max_new_tokens": (_INT, 256), "models": ((list,), None)}
-EVAL = {"name": (_STR, REQ), "models": ((list,), None), "shots": ((list,), [0]), "trials": (_INT, 1),
-        "limit": (_INT, None), "prompt_style": ((str, dict), "default"), "batch_size": (_INT, 8),
-        "max_new_tokens": (_INT, 32), "stop": ((list,), ["\n"]), "data": (_STR, None), "gold": (_STR, None),
-        "shots_from": (_STR, None)}
+ASK = {"question": (_STR, REQ), **_derived(AskConfig, ("shots", "max_new_tokens")), "models": ((list,), None)}
+# an eval: EvalConfig's and GenConfig's fields, plus the task options (None = the task's own default)
+EVAL = {"name": (_STR, REQ), "models": ((list,), None), **_derived(EvalConfig, ("task", "shots", "trials")),
+        **_derived(GenConfig, ("batch_size", "max_new_tokens", "stop")), "limit": (_INT, None),
+        "prompt_style": ((str, dict), None), "data": (_STR, None), "gold": (_STR, None), "shots_from": (_STR, None),
+        "lengths": ((list,), None), "depths": ((list,), None), "entries": ((list,), None), "jrt": ((bool,), None)}
+TASK_OPTIONS = ("limit", "gold", "lengths", "depths", "entries", "jrt")  # passed to the task when set
 FINETUNE = {"name": (_STR, REQ), "model": (_STR, REQ), "label": (_STR, None), "train": (_STR, None),
             "args": ((dict,), {})}
 BENCH = {"name": (_STR, REQ), "models": ((list,), REQ), "contexts": ((list,), REQ), "batches": ((list,), [1]),
          "new_tokens": (_INT, 64), "prompt_source": (_STR, "random"), "min_runs": (_INT, 3),
          "min_seconds": (_NUM, 1.0), "rounds": (_INT, 3)}
 REPORT = {"title": (_STR, None), "out": (_STR, None)}
-FINETUNE_ARGS = sorted(set(_FINETUNE_DEFAULTS) - {"device", "db"})  # what a study's fine-tune `args` may set
+FINETUNE_ARGS = sorted(STUDY_ARGS)  # what a study's fine-tune `args` may set
 _ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -161,6 +173,7 @@ def _list_of(value, types, where: str, fail, minimum=None):
 
 def _validate(spec: dict, fail) -> None:
     from archbench.prompts import list_styles
+    from archbench.tasks import names as task_names
 
     if not _NAME.match(spec["name"]):
         fail("name", f"use letters, digits, '-', '_' or '.', got {spec['name']!r}")
@@ -198,12 +211,16 @@ def _validate(spec: dict, fail) -> None:
         _list_of(ev["stop"], str, f"{where}.stop", fail)
         if ev["trials"] < 1 or (ev["limit"] is not None and ev["limit"] < 1):
             fail(where, "trials and limit must be >= 1")
+        if ev["task"] not in task_names():
+            fail(f"{where}.task", f"unknown task {ev['task']!r} (known: {', '.join(task_names())})")
+        if ev["task"] == "squad" and not (ev["data"] or spec["data"]["eval"]):
+            fail(f"{where}.data", "the squad task needs data: set it or data.eval")
         if max(ev["shots"]) > 0 and not (ev["shots_from"] or spec["data"]["shots_from"]):
             fail(f"{where}.shots_from", "few-shot settings need a shot pool: set it or data.shots_from")
         for ref in ev["models"] or [m["model"] for m in spec["models"]]:
             family = _entry(spec, ref, f"{where}.models", fail)[1]
-            style = ev["prompt_style"] if isinstance(ev["prompt_style"], str) else ev["prompt_style"].get(family)
-            if style not in styles:
+            style = _style(ev, family)
+            if style is not None and style not in styles:
                 fail(f"{where}.prompt_style", f"no known style for {ref!r} ({family}): {style!r}; "
                                               f"styles: {', '.join(styles)}")
     for i, q in enumerate(spec["ask"]):
@@ -216,6 +233,12 @@ def _validate(spec: dict, fail) -> None:
             _base(spec, ref, f"bench[{i}].models", fail)
         _list_of(b["contexts"], int, f"bench[{i}].contexts", fail, minimum=1)
         _list_of(b["batches"], int, f"bench[{i}].batches", fail, minimum=1)
+
+
+def _style(ev: dict, family: str) -> str | None:
+    """The eval's prompt style for a family (None: the task's default)."""
+    style = ev["prompt_style"]
+    return style.get(family) if isinstance(style, dict) else style
 
 
 def _base(spec: dict, ref: str, where: str, fail) -> dict:
@@ -244,29 +267,33 @@ def plan(spec: dict) -> list[Stage]:
     """The study's stages in run order: ask, evals of base models, fine-tunes, evals of fine-tunes, bench."""
     out, db, data = Path(spec["out"]), db_path(spec), spec["data"]
     common = {"device": spec["device"], "dtype": spec["dtype"], "engine": spec["engine"], "db": db}
+    runtime = RuntimeConfig(device=spec["device"], dtype=spec["dtype"], engine=spec["engine"])
     every = [m["model"] for m in spec["models"]]
     asks, evals, tuned, fts, benches = [], [], [], [], []
     for i, q in enumerate(spec["ask"], 1):
         ids = [_base(spec, r, "", None)["model"] for r in q["models"] or every]
         asks.append(Stage(f"ask:{i}", "ask", "ask", "", f"{q['question']!r} {q['shots']}-shot to {len(ids)} models",
-                          {"models": ids, "question": q["question"], "shots": q["shots"],
-                           "max_new_tokens": q["max_new_tokens"], "run_id": f"{spec['name']}-ask-{i}", **common}, ""))
+                          AskConfig(models=tuple(ids), question=q["question"], shots=q["shots"],
+                                    max_new_tokens=q["max_new_tokens"], runtime=runtime, db=db,
+                                    run_id=f"{spec['name']}-ask-{i}"), ""))
     for ev in spec["evals"]:
         for ref in ev["models"] or every:
             base, family, ft = _entry(spec, ref, "", None)
-            style = ev["prompt_style"] if isinstance(ev["prompt_style"], str) else ev["prompt_style"][family]
+            style = _style(ev, family)
             label = ft["label"] if ft else base["label"]
             slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", ft["name"] if ft else label)
             run_dir = out / "eval" / ev["name"] / slug
             adapter = str(out / "finetune" / ft["name"]) if ft else None
-            call = {"models": [base["model"]], "data": ev["data"] or data["eval"], "gold": ev["gold"] or data["gold"],
-                    "shots": ev["shots"], "shots_from": ev["shots_from"] or data["shots_from"],
-                    "trials": ev["trials"], "limit": ev["limit"], "prompt_style": style,
-                    "batch_size": ev["batch_size"], "max_new_tokens": ev["max_new_tokens"], "stop": tuple(ev["stop"]),
-                    "run_dir": str(run_dir), "adapter": adapter, "seed": spec["seed"], **common}
+            options = {"data": ev["data"] or data["eval"], "shots_from": ev["shots_from"] or data["shots_from"],
+                       "gold": ev["gold"] or data["gold"], "prompt_style": style, "seed": spec["seed"],
+                       **{k: tuple(ev[k]) if isinstance(ev[k], list) else ev[k] for k in TASK_OPTIONS}}
+            gen = GenConfig(batch_size=ev["batch_size"], max_new_tokens=ev["max_new_tokens"], stop=tuple(ev["stop"]))
+            call = EvalConfig(models=(base["model"],), task=ev["task"], shots=tuple(ev["shots"]), trials=ev["trials"],
+                              task_options={k: v for k, v in options.items() if v is not None}, gen=gen,
+                              runtime=runtime, adapter=adapter, run_dir=str(run_dir), db=db)
             shots = ",".join(map(str, ev["shots"]))
-            what = (f"{label} ({family}) {shots}-shot x {ev['trials']} trial(s), "
-                    f"{ev['limit'] or 'all'} questions, style {style}")
+            what = (f"{label} ({family}) {ev['task']} {shots}-shot x {ev['trials']} trial(s), "
+                    f"{ev['limit'] or 'all'} items, style {style or 'default'}")
             model = f"{base['model']}+{ft['name']}" if ft else base["model"]
             stage = Stage(f"eval:{ev['name']}:{slug}", "eval", ev["name"], model, what, call,
                           str(run_dir), f"finetune:{ft['name']}" if ft else "")
@@ -274,11 +301,12 @@ def plan(spec: dict) -> list[Stage]:
     for ft in spec["finetune"]:
         base = _base(spec, ft["model"], "", None)
         args = {"seed": spec["seed"], "resume": True, **ft["args"]}  # a rerun continues; finetune fills the rest
-        call = {"model": base["model"], "train": ft["train"] or data["train"],
-                "out": str(out / "finetune" / ft["name"]), "device": spec["device"], "db": db, **args}
+        args = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
+        call = FinetuneConfig(model=base["model"], train=ft["train"] or data["train"],
+                              out=str(out / "finetune" / ft["name"]), device=spec["device"], db=db, **args)
         options = ", ".join(f"{k}={v}" for k, v in ft["args"].items())
         what = f"LoRA on {base['label']} -> model {ft['name']} ({options})"
-        fts.append(Stage(f"finetune:{ft['name']}", "finetune", ft["name"], "", what, call, call["out"]))
+        fts.append(Stage(f"finetune:{ft['name']}", "finetune", ft["name"], "", what, call, call.out))
     for b in spec["bench"]:
         ids = [_base(spec, r, "", None)["model"] for r in b["models"]]
         call = {"models": ids, "contexts": b["contexts"], "batches": b["batches"], "new_tokens": b["new_tokens"],
@@ -291,13 +319,17 @@ def plan(spec: dict) -> list[Stage]:
 
 
 @functools.lru_cache(maxsize=32)
-def _questions(data: str, gold: str | None, limit: int | None) -> int | None:
-    """How many questions an eval covers; None for the hub split without a limit (not read offline)."""
-    if data == "squad":
-        return limit
-    from archbench.data import load_examples
+def _task(name: str, options: str):
+    from archbench import tasks
 
-    return len(load_examples(data, gold=gold, limit=limit))
+    return tasks.make(name, **json.loads(options))
+
+
+def _items(cfg: EvalConfig, task) -> int | None:
+    """How many items an eval covers; None for the hub split without a limit (not read offline)."""
+    if cfg.task_options.get("data") == "squad":
+        return cfg.task_options.get("limit")
+    return len(task.items())
 
 
 def status(stage: Stage, store) -> tuple[bool, str]:
@@ -312,21 +344,26 @@ def status(stage: Stage, store) -> tuple[bool, str]:
         want = len(call["models"]) * len(call["contexts"]) * len(call["batches"])
         return have >= want, "done" if have >= want else f"to do ({have}/{want} points stored)" if have else "to do"
     if stage.kind == "ask":
-        have = {a["model"] for a in store.records(stage.call["run_id"], "answer")}
-        missing = [m for m in stage.call["models"] if m not in have]
-        stored = len(stage.call["models"]) - len(missing)
+        have = {a["model"] for a in store.records(stage.call.run_id, "answer")}
+        missing = [m for m in stage.call.models if m not in have]
+        stored = len(stage.call.models) - len(missing)
         return not missing, "done" if not missing else f"to do ({stored} answers stored)" if stored else "to do"
-    from archbench.evaluate import stored_run
+    return _eval_status(stage, store)
+
+
+def _eval_status(stage: Stage, store) -> tuple[bool, str]:
+    from archbench.evaluate import protocol, stored_run
 
     call = stage.call
-    found = stored_run(Path(stage.out), call)
+    task = _task(call.task, json.dumps(call.task_options, sort_keys=True))
+    found = stored_run(Path(stage.out), protocol(call, task))
     if found is None:
         return False, "to do"
     run_id, changed = found
     if changed:
         return False, f"settings changed ({', '.join(changed)}): remove {stage.out} to rerun"
-    want = _questions(call["data"], call["gold"], call["limit"])
-    settings = [(k, t) for k in call["shots"] for t in range(call["trials"] if k else 1)]
+    want = _items(call, task)
+    settings = [(k, t) for k in call.shots for t in range(call.trials if k else 1)]
     have = [len(store.done_ids(run_id, stage.model, k, t)) for k, t in settings]
     if want is None:
         done = (Path(stage.out) / "summary.json").exists() and min(have) > 0
@@ -389,12 +426,13 @@ def run_study(*, study: str, dry_run: bool = False, only: list[str] | None = Non
         if states[s.name][0]:
             continue
         echo(f"== {s.name}: {s.what}")
-        _library(s.kind)(**s.call)
+        fn = _library(s.kind)
+        fn(s.call) if dataclasses.is_dataclass(s.call) else fn(**s.call)
     from archbench.report import write_report
 
     with Store(db_path(spec)) as store:  # the report reads the plan and what is done from the store
         steps = [{"name": s.name, "kind": s.kind, "group": s.group, "model": s.model, "out": s.out,
-                  "run_id": s.call.get("run_id"), "done": status(s, store)[0]} for s in stages]
+                  "run_id": getattr(s.call, "run_id", None), "done": status(s, store)[0]} for s in stages]
         store.put(study_id, "study", "plan", {"stages": steps})
     written = write_report([(db_path(spec), study_id)], Path(report_out))
     echo("wrote " + ", ".join(str(p) for p in written))

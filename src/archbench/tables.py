@@ -1,65 +1,94 @@
-"""Tables rendered from an eval summary (summary.json): the seed-style comparison table.
+"""Eval tables rendered from a summary's aggregates: the seed-style comparison, for any task.
 
-One row per model: Model | family | params | for each shot setting: EM | F1 | tok/s (+ empty answers).
+One row per model; for each shot setting (and breakdown group, e.g. context length) the task's table
+columns: its rate metrics, generated tokens/s, then its counts (e.g. empty answers out of all answers).
 With several trials a cell shows mean ± standard deviation over trials. Untrained zoo models are marked.
-Used by the CLI (rich) and the Markdown report, so each number is formatted in one place only.
+The CLI (rich) and the report (Markdown / HTML) both call `eval_table`, and every cell comes from fmt.py, so
+the same result reads the same everywhere.
 """
 from __future__ import annotations
 
 from rich.table import Table
 
-
-def _label(r: dict) -> str:
-    return r["model"] + (" (untrained)" if r.get("untrained") else "")
+from archbench import fmt
 
 
-def params_label(n: int | None) -> str:
-    if not n:
-        return "?"
-    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+def setting_label(shots: int, group: dict) -> str:
+    """'3-shot', or with a breakdown group '0-shot length=1024 depth=0.5'."""
+    return " ".join([f"{shots}-shot"] + [f"{k}={v}" for k, v in group.items()])
 
 
-def _cell(rs: list[dict], key: str, fmt: str) -> str:
-    values = [r[key] for r in rs]
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return format(mean, fmt)
-    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{format(mean, fmt)} ± {format(std, fmt)}"
+def _columns(spec: dict) -> list[dict]:
+    by_name = {m["name"]: m for m in spec["metrics"]}
+    return [by_name[c] for c in spec.get("columns") or [m["name"] for m in spec["metrics"]]]
 
 
-def seed_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the seed-style table."""
-    shots = sorted({r["shots"] for r in summary["results"]})
-    header = ["Model", "family", "params"]
-    for k in shots:
-        header += [f"{k}-shot EM", "F1", "tok/s", "empty"]
-    by_model: dict[str, dict[int, list[dict]]] = {}
-    for r in summary["results"]:
-        by_model.setdefault(_label(r), {}).setdefault(r["shots"], []).append(r)
-    rows = []
-    for label, per_shot in by_model.items():
-        first = next(iter(per_shot.values()))[0]
-        row = [label, first["family"] or "?", params_label(first["params"])]
-        for k in shots:
-            rs = per_shot.get(k)
-            row += ([_cell(rs, "em", ".2f"), _cell(rs, "f1", ".2f"), _cell(rs, "gen_tok_s", ".1f"),
-                     f"{sum(r['empty'] for r in rs)}/{sum(r['n'] for r in rs)}"] if rs else ["-"] * 4)
-        rows.append(row)
-    return header, rows
+def header(spec: dict, setting: str) -> list[str]:
+    """Column headings of one setting: '<setting> <first metric>', the other metrics, tok/s, counts."""
+    cols = _columns(spec)
+    rates = [m["label"] for m in cols if m["percent"]]
+    counts = [m["label"] for m in cols if not m["percent"]]
+    names = rates + ["tok/s"] + counts
+    return [f"{setting} {names[0]}"] + names[1:]
 
 
-def rich_table(summary: dict, title: str = "SQuAD") -> Table:
-    header, rows = seed_rows(summary)
-    table = Table(title=title)
-    for h in header:
+def cells(spec: dict, agg: dict, n: int) -> list[str]:
+    """One model x setting: rate metrics (mean ± std over trials), tokens/s, then counts out of all answers."""
+    cols = _columns(spec)
+    out = [fmt.spread(agg[f"{m['name']}_values"], ".2f") for m in cols if m["percent"]]
+    out.append(fmt.spread(agg["gen_tok_s_values"], ".1f"))
+    out += [fmt.count(agg[f"{m['name']}_values"], [n] * agg["trials"]) for m in cols if not m["percent"]]
+    return out
+
+
+def settings_of(points: list[dict]) -> list[tuple]:
+    """The (shots, breakdown group) settings of points, sorted."""
+    return sorted(set((p["agg"]["shots"], _key(p["agg"]["group"])) for p in points), key=lambda s: (s[0], s[1]))
+
+
+def eval_table(spec: dict, points: list[dict], first: tuple[str, ...] = ("Model",),
+               settings: list[tuple] | None = None) -> tuple[list, list]:
+    """Header and rows for points (each: label, agg, n, and the `first` columns' values by lower-case key);
+    one column group per setting (default: the points' own)."""
+    settings = settings or settings_of(points)
+    head = list(first)
+    width = len(header(spec, ""))
+    for shots, group in settings:
+        head += header(spec, setting_label(shots, dict(group)))
+    rows: dict[str, list[str]] = {}
+    for p in points:
+        row = rows.setdefault(p["label"], [str(p["label" if c == "Model" else c.lower()]) for c in first] + ["-"] * (len(head) - len(first)))
+        at = len(first) + settings.index((p["agg"]["shots"], _key(p["agg"]["group"]))) * width
+        row[at:at + width] = cells(spec, p["agg"], p["n"])
+    return head, list(rows.values())
+
+
+def _key(group: dict) -> tuple:
+    return tuple(sorted(group.items()))
+
+
+def summary_points(summary: dict) -> list[dict]:
+    """The points of one summary for `eval_table`: one per aggregate, with its model's facts."""
+    meta = {r["model"]: r for r in summary["results"]}
+    return [{"label": fmt.label(a["model"], meta[a["model"]]["untrained"]), "agg": a,
+             "n": next(r["n"] for r in summary["results"] if r["model"] == a["model"] and r["shots"] == a["shots"]
+                       and r["group"] == a["group"]),
+             "family": meta[a["model"]]["family"] or "?", "params": fmt.params(meta[a["model"]]["params"])}
+            for a in summary["aggregates"]]
+
+
+def rich_table(summary: dict) -> Table:
+    spec = summary["task"]
+    head, rows = eval_table(spec, summary_points(summary), ("Model", "family", "params"))
+    table = Table(title=f"{spec['title']} ({max(r['n'] for r in summary['results'])} items)")
+    for h in head:
         table.add_column(h, justify="left" if h in ("Model", "family") else "right")
     for row in rows:
         table.add_row(*row)
     return table
 
 
-def markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+def markdown(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)

@@ -51,8 +51,18 @@ def config(name: str):
 
     spec = tiny().get(name)
     if spec is not None:
-        return getattr(transformers, spec[0])(vocab_size=_V, bos_token_id=None, eos_token_id=None, **spec[1])
+        return _config_class(spec[0])(vocab_size=_V, bos_token_id=None, eos_token_id=None, **spec[1])
     return transformers.AutoConfig.from_pretrained(str(gguf_path().parent), gguf_file=GGUF_NAME)
+
+
+def _config_class(name: str):
+    """A config class by name: archbench's own models (archbench.models, registered with transformers on
+    import) first, then transformers'."""
+    import transformers
+
+    from archbench import models
+
+    return models.CONFIGS.get(name) or getattr(transformers, name)
 
 
 def describe() -> list[dict]:
@@ -101,7 +111,7 @@ def _build_tiny(name: str, path: Path, seed: int = 0) -> None:
 
     cls_name, kwargs = tiny()[name]
     tok = _tokenizer()
-    cfg = getattr(transformers, cls_name)(vocab_size=_V, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    cfg = _config_class(cls_name)(vocab_size=_V, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                                           pad_token_id=tok.pad_token_id, initializer_range=INIT_RANGE, **kwargs)
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)

@@ -20,6 +20,8 @@ from archbench.data import Example
 
 _MODULES = {
     "squad": "archbench.tasks.squad",
+    "squad-recall": "archbench.tasks.squad_recall",
+    "phonebook": "archbench.tasks.phonebook",
 }
 
 
@@ -58,6 +60,7 @@ class Task(Protocol):
     title: str  # report heading, e.g. "SQuAD v1.1"
     metrics: tuple[Metric, ...]  # in column order; the first is the headline metric
     breakdown: tuple[str, ...]  # meta keys results are broken down by in tables and plots
+    columns: tuple[str, ...]  # the metric names shown in tables, in order (a subset of `metrics`)
 
     def items(self) -> list[Item]:
         """The items to evaluate, deterministic from the task's options."""
