@@ -6,7 +6,7 @@ export ARCHBENCH_DATA ?= $(abspath ../shared/data/squad)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test lint mutations clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,6 +23,9 @@ demo: install
 
 test: install
 	$(VENV)/bin/pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
 
 clean:
 	rm -rf runs .pytest_cache

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from archbench import families, prompts, roofline
-from archbench.data import load_examples, load_pool
 from archbench.config import GenConfig
+from archbench.data import load_examples, load_pool
 from archbench.generation import generate
 from archbench.loading import DTYPES, load
 
@@ -116,12 +116,14 @@ def main() -> None:
               f"copy {bw_before / 1e9:.1f} before / {bw_after / 1e9:.1f} after the timed runs GB/s")
         print(f"  identical predictions {same}/{len(texts)}; wall hf {hf_s:.2f} s, archbench {ours_s:.2f} s, "
               f"speed-up x{hf_s / ours_s:.2f} (fastest of {args.repeats}: hf "
-              f"{' '.join(f'{t:.2f}' for t in wall['hf'])}, archbench {' '.join(f'{t:.2f}' for t in wall['archbench'])})")
+              f"{' '.join(f'{t:.2f}' for t in wall['hf'])}, "
+              f"archbench {' '.join(f'{t:.2f}' for t in wall['archbench'])})")
         for engine, res in out.items():
             pf, db = roof(lm, res, ids, shp, state)
             tok_s = sum(c.new_tokens for r in res for c in r.completions) / sum(r.prefill_s + r.decode_s for r in res)
             of = "/".join(f"{100 * pf / v:.1f}" for v in rates.values())
-            print(f"  {engine:9s} {tok_s:8.1f} gen tok/s | prefill {sum(r.prefill_s for r in res):7.2f} s {pf / 1e9:7.1f} GFLOP/s "
+            prefill_s = sum(r.prefill_s for r in res)
+            print(f"  {engine:9s} {tok_s:8.1f} gen tok/s | prefill {prefill_s:7.2f} s {pf / 1e9:7.1f} GFLOP/s "
                   f"({of}% of {'/'.join(rates)}) | decode {sum(r.decode_s for r in res):6.2f} s "
                   f"{db / 1e9:6.2f} GB/s ({100 * db / bw:5.1f}% of copy)")
 

@@ -86,7 +86,8 @@ def test_seed_mamba_exact():
 def test_seed_transformer_exact():
     assert render(load_style("seed-transformer"), EXAMPLE, SHOTS[1:]) == (
         SYSTEM + "\n\n"
-        "Question: How long did it take?\n\nContext: It took one day.\n\nQuestion: How long did it take?\n\nA: one day\n\n"
+        "Question: How long did it take?\n\nContext: It took one day.\n\n"
+        "Question: How long did it take?\n\nA: one day\n\n"
         "Question: What is the capital of France?\n\nContext: Paris is the capital of France.\n\n"
         "Question: What is the capital of France?\n\nA:"
     )
@@ -154,7 +155,8 @@ def write_jsonl(path: Path, rows) -> Path:
 
 
 def test_resolve_shots_from_pool_never_uses_evaluated(tmp_path):
-    rows = [{"id": e.id, "context": e.context, "question": e.question, "answers": {"text": list(e.answers)}} for e in POOL]
+    rows = [{"id": e.id, "context": e.context, "question": e.question, "answers": {"text": list(e.answers)}}
+            for e in POOL]
     pool = write_jsonl(tmp_path / "train.jsonl", rows)
     evaluated = POOL[:8]
     shots = resolve_shots(str(pool), 2, seed=0, evaluated=evaluated, data_source=None)

@@ -90,6 +90,8 @@ def test_seed_dry_run_lists_the_plan_offline_and_writes_nothing(env, monkeypatch
     ("name: x\nout: o\nmodels: [{model: m, family: rwkv}]\nevals: [{name: e, task: nope}]\n", "evals[0].task",
      "unknown task 'nope'"),
     ("name: x\nout: o\ndata: {eval: d}\nmodels: [{model: m, family: lstm}]\n", "models[0].family", "unknown family"),
+    ("name: x\nout: o\nmodels: [{model: tiny-mamba, family: rwkv}]\n", "models[0].family",
+     "declared 'rwkv', but 'tiny-mamba' is a 'mamba' model"),
     ("name: x\nout: o\ndata: {eval: d}\nmodels: [{model: m, family: rwkv}]\nevals: [{name: e, shots: [0, 3]}]\n",
      "evals[0].shots_from", "few-shot settings need a shot pool"),
     ("name: x\nout: o\ndata: {eval: d}\nmodels: [{model: m, family: rwkv}]\nevals: [{name: e, models: [z]}]\n",

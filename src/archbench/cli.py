@@ -30,10 +30,10 @@ def _call(fn, **kwargs):
     except (DataError, ModelError, ValueError, FileNotFoundError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted: finished batches are stored; rerun the same command to resume")
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
 
 
 def _numbers(text: str, option: str, kind=int) -> list:

@@ -125,7 +125,8 @@ def _parse_official(path: Path, text: str) -> tuple[list[Example], list[str], bo
             context = _text(paragraph, "context", p_where)
             for q, qa in enumerate(_items(paragraph, "qas", p_where)):
                 q_where = f"{p_where}.qas[{q}]"
-                answers = [_text(ans, "text", f"{q_where}.answers[{i}]") for i, ans in enumerate(_items(qa, "answers", q_where))]
+                answers = [_text(ans, "text", f"{q_where}.answers[{i}]")
+                           for i, ans in enumerate(_items(qa, "answers", q_where))]
                 examples.append(_example(qa, q_where, context, _text(qa, "question", q_where), answers, title))
                 locations.append(q_where)
     if not examples:

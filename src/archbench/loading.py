@@ -64,6 +64,7 @@ def resolve(name: str) -> tuple[str, dict]:
 def load(name: str, *, device: str = "cpu", dtype: str = "float32", adapter: str | None = None) -> LM:
     """Load model `name` (+ optional LoRA `adapter` directory) for inference."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     import archbench.models  # noqa: F401  registers archbench's own model types (rwkv7) with transformers
 
     if dtype not in DTYPES:

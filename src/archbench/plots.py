@@ -12,7 +12,6 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 
-
 def family_color(family: str) -> str:
     """The family's colour from the registry (gray for a name no family has)."""
     from archbench import families

@@ -172,9 +172,6 @@ def _list_of(value, types, where: str, fail, minimum=None):
 
 
 def _validate(spec: dict, fail) -> None:
-    from archbench.prompts import list_styles
-    from archbench.tasks import names as task_names
-
     if not _NAME.match(spec["name"]):
         fail("name", f"use letters, digits, '-', '_' or '.', got {spec['name']!r}")
     if not spec["models"]:
@@ -183,6 +180,9 @@ def _validate(spec: dict, fail) -> None:
     for i, m in enumerate(spec["models"]):
         if m["family"] not in families.names():
             fail(f"models[{i}].family", f"unknown family {m['family']!r} (known: {', '.join(families.names())})")
+        detected = _detected_family(m["model"], f"models[{i}].model", fail)
+        if detected not in (None, m["family"]):
+            fail(f"models[{i}].family", f"declared {m['family']!r}, but {m['model']!r} is a {detected!r} model")
         m["label"] = m["label"] or m["model"]
         for key in {m["model"], m["label"]}:
             if key in seen:
@@ -204,6 +204,23 @@ def _validate(spec: dict, fail) -> None:
                 fail(f"{where}.args.{key}", f"not a fine-tuning option (known: {', '.join(FINETUNE_ARGS)})")
         if ft["name"] in seen:
             fail(f"{where}.name", f"{ft['name']!r} is already a model name or label")
+    _validate_evals(spec, fail)
+    for i, q in enumerate(spec["ask"]):
+        if q["shots"] not in (0, 3):
+            fail(f"ask[{i}].shots", f"free-form questions take 0 or 3 shots, got {q['shots']}")
+        for ref in q["models"] or []:
+            _base(spec, ref, f"ask[{i}].models", fail)
+    for i, b in enumerate(spec["bench"]):
+        for ref in b["models"]:
+            _base(spec, ref, f"bench[{i}].models", fail)
+        _list_of(b["contexts"], int, f"bench[{i}].contexts", fail, minimum=1)
+        _list_of(b["batches"], int, f"bench[{i}].batches", fail, minimum=1)
+
+
+def _validate_evals(spec: dict, fail) -> None:
+    from archbench.prompts import list_styles
+    from archbench.tasks import names as task_names
+
     styles = list_styles()
     for i, ev in enumerate(spec["evals"]):
         where = f"evals[{i}]"
@@ -223,16 +240,23 @@ def _validate(spec: dict, fail) -> None:
             if style is not None and style not in styles:
                 fail(f"{where}.prompt_style", f"no known style for {ref!r} ({family}): {style!r}; "
                                               f"styles: {', '.join(styles)}")
-    for i, q in enumerate(spec["ask"]):
-        if q["shots"] not in (0, 3):
-            fail(f"ask[{i}].shots", f"free-form questions take 0 or 3 shots, got {q['shots']}")
-        for ref in q["models"] or []:
-            _base(spec, ref, f"ask[{i}].models", fail)
-    for i, b in enumerate(spec["bench"]):
-        for ref in b["models"]:
-            _base(spec, ref, f"bench[{i}].models", fail)
-        _list_of(b["contexts"], int, f"bench[{i}].contexts", fail, minimum=1)
-        _list_of(b["batches"], int, f"bench[{i}].batches", fail, minimum=1)
+
+
+def _detected_family(model: str, where: str, fail) -> str | None:
+    """The family of a zoo model or local model directory from its config; None where it cannot be read
+    without loading (a hub id: checked when the model loads)."""
+    from archbench import zoo
+
+    if zoo.is_zoo(model):
+        model_type = zoo.config(model).model_type
+    elif (Path(model) / "config.json").is_file():
+        model_type = json.loads((Path(model) / "config.json").read_text()).get("model_type", "")
+    else:
+        return None
+    try:
+        return families.family_of(model_type)
+    except KeyError as err:
+        fail(where, err.args[0])
 
 
 def _style(ev: dict, family: str) -> str | None:

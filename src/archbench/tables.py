@@ -57,7 +57,8 @@ def eval_table(spec: dict, points: list[dict], first: tuple[str, ...] = ("Model"
         head += header(spec, setting_label(shots, dict(group)))
     rows: dict[str, list[str]] = {}
     for p in points:
-        row = rows.setdefault(p["label"], [str(p["label" if c == "Model" else c.lower()]) for c in first] + ["-"] * (len(head) - len(first)))
+        lead = [str(p["label" if c == "Model" else c.lower()]) for c in first]
+        row = rows.setdefault(p["label"], lead + ["-"] * (len(head) - len(first)))
         at = len(first) + settings.index((p["agg"]["shots"], _key(p["agg"]["group"]))) * width
         row[at:at + width] = cells(spec, p["agg"], p["n"])
     return head, list(rows.values())

@@ -16,8 +16,15 @@ import torch
 import torch.nn.functional as F
 
 from archbench.families import Family
-from archbench.families.common import (SsmState, mamba_ssm_fused, ssm_cat, ssm_prefill, ssm_run_layers, ssm_select,
-                                       ssm_state_bytes)
+from archbench.families.common import (
+    SsmState,
+    mamba_ssm_fused,
+    ssm_cat,
+    ssm_prefill,
+    ssm_run_layers,
+    ssm_select,
+    ssm_state_bytes,
+)
 
 CHUNK = 128  # prefill rows * positions scanned at once: memory ~ CHUNK * d_inner * d_state floats
 # State: SsmState with conv (B, d_inner, conv_kernel - 1) and ssm (B, d_inner, d_state) fp32 per layer

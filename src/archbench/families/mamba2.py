@@ -16,8 +16,15 @@ import torch
 import torch.nn.functional as F
 
 from archbench.families import Family
-from archbench.families.common import (SsmState, mamba_ssm_fused, ssm_cat, ssm_prefill, ssm_run_layers, ssm_select,
-                                       ssm_state_bytes)
+from archbench.families.common import (
+    SsmState,
+    mamba_ssm_fused,
+    ssm_cat,
+    ssm_prefill,
+    ssm_run_layers,
+    ssm_select,
+    ssm_state_bytes,
+)
 
 # State: SsmState with conv (B, conv_dim, conv_kernel - 1) and ssm (B, heads, head_dim, d_state) fp32 per layer
 

@@ -77,7 +77,8 @@ def _block(block, x, i: int, st: State, new: State):
     h = block.ln2(x)
     sh = torch.cat([st.ffn_x[i][:, None], h[:, :-1]], dim=1)
     k = torch.square(torch.relu(ffn.key(h * ffn.time_mix_key + sh * (1 - ffn.time_mix_key))))
-    x = x + torch.sigmoid(ffn.receptance(h * ffn.time_mix_receptance + sh * (1 - ffn.time_mix_receptance))) * ffn.value(k)
+    gate = torch.sigmoid(ffn.receptance(h * ffn.time_mix_receptance + sh * (1 - ffn.time_mix_receptance)))
+    x = x + gate * ffn.value(k)
     new.ffn_x.append(h[:, -1])
     return x
 
