@@ -154,7 +154,7 @@ def test_tiny_study_runs_reports_and_skips_finished_stages(tmp_path):
     changed.write_text(changed.read_text().replace("max_new_tokens: 3, batch_size", "max_new_tokens: 4, batch_size"))
     lines.clear()
     study.run_study(study=path, dry_run=True, echo=lines.append)
-    assert sum("[settings changed (max_new_tokens): remove " in line for line in lines) == 2
+    assert sum("[settings changed (max_new_tokens (3 -> 4)): remove " in line for line in lines) == 2
 
 
 def test_only_checks_names_and_fine_tune_order(tmp_path):

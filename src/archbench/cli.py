@@ -116,6 +116,7 @@ def eval_(model: List[str] = typer.Option(..., "--model", help="zoo alias, local
           stop: List[str] = typer.Option([s.encode("unicode_escape").decode() for s in _G["stop"]], "--stop",
                                          help="stop string(s); escapes like \\n allowed"),
           run_dir: str = typer.Option(_E["run_dir"], "--run-dir"), db: str = typer.Option(_E["db"], "--db"),
+          new_run: bool = typer.Option(_E["new_run"], "--new-run", help="a new run even if run-dir holds one"),
           device: str = _R["device"], dtype: str = _R["dtype"],
           engine: str = typer.Option(_R["engine"], "--engine", help="archbench (own engine) or hf (model.generate)"),
           adapter: Optional[str] = typer.Option(None, "--adapter", help="LoRA adapter directory"),
@@ -134,7 +135,8 @@ def eval_(model: List[str] = typer.Option(..., "--model", help="zoo alias, local
                         batch_size=0 if batch_size == "auto" else _numbers(batch_size, "--batch-size", int)[0])
         return evaluate(EvalConfig(models=tuple(model), task=task, task_options=options,
                                    shots=tuple(_numbers(shots, "--shots", int)), trials=trials, gen=gen,
-                                   runtime=_runtime(device, dtype, engine), adapter=adapter, run_dir=run_dir, db=db))
+                                   runtime=_runtime(device, dtype, engine), adapter=adapter, run_dir=run_dir, db=db,
+                                   new_run=new_run))
 
     summary = _call(run)
     console.print(rich_table(summary))

@@ -84,6 +84,7 @@ class EvalConfig:
     adapter: str | None = None  # LoRA adapter directory
     run_dir: str = "runs/eval"
     db: str = DEFAULT_DB
+    new_run: bool = False  # start a new run in run_dir even if one of other content is stored there
 
     def __post_init__(self):
         _need(len(self.models) > 0, "--model", "at least one model is needed")

@@ -18,52 +18,72 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from archbench import loading, tasks
+from archbench import identity, loading, tasks
 from archbench.config import EvalConfig, GenConfig, check_device
 from archbench.generation import generate
 from archbench.store import Store
 from archbench.summary import summarize
 from archbench.trackers import MemoryTracker, Timer, environment
 
-# settings that change what a stored prediction means, besides the task's identity: a rerun must match them
-PROTOCOL_KEYS = ("max_new_tokens", "stop", "dtype")
 
-
-def protocol(cfg: EvalConfig, task) -> dict:
-    """What a stored prediction of this run depends on (the task's identity plus generation settings)."""
-    return {**task.identity(), "max_new_tokens": cfg.gen.max_new_tokens, "stop": list(cfg.gen.stop),
-            "dtype": cfg.runtime.dtype}
+def run_identity(cfg: EvalConfig, task, items: list, shot_sets: dict) -> dict:
+    """What the stored predictions of this run depend on (identity.py): content digests, not paths."""
+    return {"task": task.name, "options": identity.options(task.identity()), **identity.items(items),
+            "shots": identity.shots(shot_sets),
+            "gen": {"max_new_tokens": cfg.gen.max_new_tokens, "stop": list(cfg.gen.stop), "dtype": cfg.runtime.dtype}}
 
 
 def stored_run(run_dir: Path, wanted: dict) -> tuple[str, list[str]] | None:
-    """The run stored in `run_dir` (None: none yet) as its run id and the protocol keys on which `wanted`
-    differs from it (a run stored before tasks existed was a SQuAD run)."""
+    """The run stored in `run_dir` (None: none yet) as its run id and what differs between its identity and
+    `wanted` (an empty list: the same run)."""
     meta = run_dir / "run.json"
     if not meta.exists():
         return None
     run = json.loads(meta.read_text())
-    old = {"task": "squad", **run["protocol"]}
-    return run["run_id"], sorted(k for k in old if k in wanted and old[k] != wanted[k])
+    if "identity" not in run:  # written before content identities: compare its protocol keys, as it did
+        old, new = {"task": "squad", **run["protocol"]}, {"task": wanted["task"], **wanted["options"], **wanted["gen"]}
+        return run["run_id"], sorted(k for k in old if k in new and old[k] != new[k] and k not in ("data", "gold",
+                                                                                                 "shots_from"))
+    return run["run_id"], identity.changes(run["identity"], wanted)
 
 
-def _open_run(run_dir: Path, wanted: dict) -> str:
-    """Return the run id of `run_dir`, creating it; refuse a rerun whose protocol differs."""
+def _open_run(run_dir: Path, wanted: dict, new_run: bool) -> str:
+    """The run id of `run_dir`: its stored run when the identity matches, a new one with --new-run or an empty
+    directory; a mismatch is refused in one line naming what changed."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    found = stored_run(run_dir, wanted)
+    found = None if new_run else stored_run(run_dir, wanted)
+    meta = run_dir / "run.json"
     if found:
         run_id, changed = found
         if changed:
-            raise ValueError(f"{run_dir / 'run.json'}: this run directory was made with other settings "
-                             f"({', '.join(changed)}); use a new --run-dir")
-        return run_id
-    run_id = f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    (run_dir / "run.json").write_text(json.dumps({"run_id": run_id, "protocol": wanted}, indent=1))
+            raise ValueError(f"{meta}: this run directory holds a run of other content ({'; '.join(changed)}); "
+                             "rerun with --new-run or use a new --run-dir")
+        record = json.loads(meta.read_text())
+    else:
+        run_id, record = f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}", {"models": {}}
+    meta.write_text(json.dumps({**record, "run_id": run_id, "identity": wanted}, indent=1))
     return run_id
 
 
-def run_config(cfg: EvalConfig, task) -> dict:
-    """The flat record of a run's settings stored with it (the report's provenance reads it)."""
+def _check_model(run_dir: Path, lm) -> dict:
+    """The model's identity; refuse when a model this run already evaluated now has other weights / adapter."""
+    meta = run_dir / "run.json"
+    record = json.loads(meta.read_text())
+    mine = identity.model(lm)
+    changed = identity.model_changes(record.get("models", {}), lm.name, mine)
+    if changed:
+        raise ValueError(f"{meta}: {changed} since this run evaluated it; rerun with --new-run or use a new "
+                         "--run-dir")
+    record.setdefault("models", {})[lm.name] = mine
+    meta.write_text(json.dumps(record, indent=1))
+    return mine
+
+
+def run_config(cfg: EvalConfig, task, wanted: dict) -> dict:
+    """The flat record of a run's settings stored with it (the report's provenance reads it); paths are
+    information, `identity` (without the per-item digests) is what the run is."""
     return {"models": list(cfg.models), **task.identity(), "shots": list(cfg.shots), "trials": cfg.trials,
+            "identity": {k: v for k, v in wanted.items() if k != "rows"},
             "batch_size": cfg.gen.batch_size, "max_new_tokens": cfg.gen.max_new_tokens, "stop": list(cfg.gen.stop),
             "compile": cfg.gen.compile, **asdict(cfg.runtime), "adapter": cfg.adapter,
             "task_spec": task_spec(task)}
@@ -94,9 +114,10 @@ def evaluate(cfg: EvalConfig) -> dict:
     run_path = Path(cfg.run_dir)
     items = task.items()
     shot_sets = {(k, t): task.shots(k, t) for k in cfg.shots if k > 0 for t in range(cfg.trials)}  # fail early
-    run_id = _open_run(run_path, protocol(cfg, task))
+    wanted = run_identity(cfg, task, items, shot_sets)
+    run_id = _open_run(run_path, wanted, cfg.new_run)
     with Store(cfg.db) as store, open(run_path / "predictions.jsonl", "a") as live:
-        store.ensure_run(run_id, "eval", run_config(cfg, task), environment(cfg.runtime.device))
+        store.ensure_run(run_id, "eval", run_config(cfg, task, wanted), environment(cfg.runtime.device))
         run = _Run(cfg, task, store, live, run_id, shot_sets)
         for name in cfg.models:
             _evaluate_model(run, name, items)
@@ -106,7 +127,9 @@ def evaluate(cfg: EvalConfig) -> dict:
 def _evaluate_model(run: _Run, name: str, items: list) -> None:
     rt = run.cfg.runtime
     lm = loading.load(name, device=rt.device, dtype=rt.dtype, adapter=run.cfg.adapter)
+    digests = _check_model(Path(run.cfg.run_dir), lm)
     run.store.add_model(run.run_id, lm)
+    run.store.put(run.run_id, "model_identity", lm.name, digests)
     warmed = False
     for k in run.cfg.shots:
         for trial in range(run.cfg.trials if k > 0 else 1):

@@ -77,7 +77,8 @@ def _add_study(store: Store, run: dict, res: dict) -> None:
 
 def _add_run(store: Store, run: dict, group: str, res: dict) -> None:
     run_id, kind = run["run_id"], run["kind"]
-    res["runs"].append({"run_id": run_id, "kind": kind, "group": group, "config": run["config"], "env": run["env"]})
+    res["runs"].append({"run_id": run_id, "kind": kind, "group": group, "config": run["config"], "env": run["env"],
+                        "models": {r["key"]: r for r in store.records(run_id, "model_identity")}})
     if kind == "eval":
         summary = summarize(store, run_id)
         res["evals"].append({"group": group, "run_id": run_id, "summary": summary})
@@ -282,6 +283,10 @@ def _provenance(res: dict) -> list[tuple]:
         envs.setdefault(json.dumps(r["env"], indent=1, sort_keys=True), []).append(r["run_id"])
     for env, run_ids in envs.items():
         blocks += [("p", "runs: " + ", ".join(run_ids)), ("code", env)]
+    digests = [_digests(r) for r in res["runs"] if r["config"].get("identity")]
+    if digests:
+        blocks += [("p", "What each eval run is (content digests, identity.py): a resumed run matched all of them."),
+                   ("code", "\n".join(digests))]
     blocks.append(("h2", "Commands and config"))
     for spec in res["studies"]:
         blocks += [("p", f"study {spec['name']}:"), ("code", f"archbench run {spec['path']}"), ("code", spec["text"])]
@@ -289,6 +294,14 @@ def _provenance(res: dict) -> list[tuple]:
     if lines:
         blocks += [("p", "The stored config of every run in this report:"), ("code", "\n".join(lines))]
     return blocks
+
+
+def _digests(run: dict) -> str:
+    ident = run["config"]["identity"]
+    models = ", ".join(f"{m} weights {d['weights']}" + (f" adapter {d['adapter']}" if d.get("adapter") else "")
+                       for m, d in run["models"].items())
+    return (f"{run['run_id']}: task {ident['task']}, items {ident['items']}, golds {ident['golds']}, "
+            f"shots {ident['shots']}; {models}")
 
 
 def _md_cell(text: str) -> str:

@@ -376,16 +376,20 @@ def status(stage: Stage, store) -> tuple[bool, str]:
 
 
 def _eval_status(stage: Stage, store) -> tuple[bool, str]:
-    from archbench.evaluate import protocol, stored_run
+    from archbench.evaluate import run_identity, stored_run
 
     call = stage.call
+    if not (Path(stage.out) / "run.json").exists():
+        return False, "to do"
     task = _task(call.task, json.dumps(call.task_options, sort_keys=True))
-    found = stored_run(Path(stage.out), protocol(call, task))
+    items = [] if call.task_options.get("data") == "squad" else task.items()  # the hub split is not read offline
+    shot_sets = {(k, t): task.shots(k, t) for k in call.shots if k > 0 for t in range(call.trials)}
+    found = stored_run(Path(stage.out), run_identity(call, task, items, shot_sets))
     if found is None:
         return False, "to do"
     run_id, changed = found
     if changed:
-        return False, f"settings changed ({', '.join(changed)}): remove {stage.out} to rerun"
+        return False, f"settings changed ({'; '.join(changed)}): remove {stage.out} to rerun"
     want = _items(call, task)
     settings = [(k, t) for k in call.shots for t in range(call.trials if k else 1)]
     have = [len(store.done_ids(run_id, stage.model, k, t)) for k, t in settings]

@@ -69,8 +69,12 @@ class Squad:
         return {**metrics.score(prediction, raw, item.example.answers), "empty": float(prediction == "")}
 
     def identity(self) -> dict:
+        """Options, with the prompt style's content digested (a changed YAML is another protocol)."""
+        from archbench.identity import digest
+
+        style = digest(prompts.load_style(self.prompt_style).__dict__)
         return {"task": self.name, "data": self.data, "gold": self.gold, "shots_from": self.shots_from,
-                "limit": self.limit, "prompt_style": self.prompt_style, "seed": self.seed}
+                "limit": self.limit, "prompt_style": self.prompt_style, "style": style, "seed": self.seed}
 
 
 def make(**options) -> Squad:
