@@ -3,8 +3,9 @@
 The claim under test (Mamba paper, Gu & Dao 2023, Sec. 4.5; RWKV paper, Peng et al. 2023, Sec. 7): a
 recurrent model keeps a fixed-size state, so its per-token decode cost and memory stay flat as the context
 grows, while a Transformer's KV cache and attention grow with it. Kept apart as in optimum-benchmark:
-the backend (families' `prefill`/`step`, or transformers' `generate` for --engine hf), the scenario
-(`measure`: one point) and the trackers (trackers.py clocks and memory, roofline.py rates and work).
+the backend (archbench's engine, `engine.run`, the very loop eval runs; or transformers' `generate` for
+--engine hf), the scenario (`measure`: one point) and the trackers (trackers.py clocks and memory,
+roofline.py rates and work). Settings: `BenchConfig` (bench_config.py, torch-free; re-exported here).
 
 Method, per point
   - prompt: B rows of exactly T tokens, seeded random ids (special ids excluded) or a built-in paragraph
@@ -14,10 +15,14 @@ Method, per point
   - the sweep of a model's points runs `rounds` times, round-robin, a fresh process per point and round,
     and each point's samples are pooled: a slow drift of the machine's speed (a shared host) then hits
     every point alike instead of the one that happened to run during it; peak memory is the largest seen;
-  - in each round, timed runs repeat until both `min_runs` and `min_seconds` are reached. archbench
-    engine: the prefill plus the first argmax is the time to first token; each of the other
-    new_tokens - 1 steps is timed on its own (device synchronised before and after) and all steps of all
-    runs form the decode distribution.
+  - in each round, timed runs repeat until both `min_runs` and `min_seconds` are reached.
+    archbench engine: one `engine.run` of the B rows with min_new_tokens = max_new_tokens = N, no stop
+    strings and no shared prefix, traced by a `StepTrace`: the TokenBatch's prefill_s (prefill and first
+    argmax) is the time to first token, the trace's per-step seconds (device synchronised around each
+    step) of all runs form the decode distribution, and its state bytes give the cache after the prefill
+    and after each step. The B rows must run as one batch: for the point's runs the engine's token budget
+    (engine.TOKEN_BUDGET, a memory guard for eval's batching) is raised to B * (T + N) (bench_runs.py); a
+    batch the engine still splits was halved on out-of-memory, and the point is recorded as "oom".
     hf engine (optimum-benchmark's way): generate with max_new_tokens=1 is the time to first token, and
     in generate with min_new_tokens = max_new_tokens = N a streamer times each of the N - 1 later tokens;
   - a fixed number of new tokens (no early stop), greedy;
@@ -36,6 +41,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,16 +50,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from archbench import families, fastlinear, roofline
-from archbench.engine import kernel as engine_kernel
-from archbench.generation import ENGINES
+from archbench import config, engine, fmt, roofline
+from archbench.bench_config import LAUNCHERS, PROMPT_SOURCES, BenchConfig  # noqa: F401 - re-exported
+from archbench.bench_runs import BatchSplit, engine_run, hf_run
+from archbench.config import RuntimeConfig
 from archbench.loading import DTYPES, load
 from archbench.store import Store
-from archbench.trackers import MemoryTracker, Timer, TokenClock, environment, is_out_of_memory
+from archbench.trackers import MemoryTracker, environment, is_out_of_memory
 
-DEFAULT_DB = "runs/archbench.sqlite"
-PROMPT_SOURCES = ("random", "text")
-LAUNCHERS = ("process", "inline")  # optimum-benchmark's launchers: a fresh process per point, or this one
 MEASURED = ("ttft_ms_median", "ttft_ms_p90", "prefill_tok_s", "decode_ms_median", "decode_ms_p90",
             "decode_tok_s", "peak_mem_mb", "peak_reserved_mb", "mem_kind", "state_bytes", "prefill_flops",
             "prefill_flops_frac", "decode_bytes_per_step", "decode_bw_frac", "runs", "rounds")
@@ -86,98 +90,37 @@ def prompt_ids(lm, context: int, batch: int, source: str = "random", seed: int =
     return ids.to(lm.device)
 
 
-# the two backends: one run = prefill + (new_tokens - 1) decode steps ----------------------------------
-def _engine_run(lm, ids: torch.Tensor, new_tokens: int, read_state: bool = False) -> dict:
-    """archbench's engine: the family's prefill, then each step timed on its own."""
-    fam = families.get(lm.family)
-    with fastlinear.packed(lm.model):  # the engine's linear path, as in `engine.run`
-        with Timer(lm.device) as t:
-            state, logits = fam.prefill(lm.model, ids)
-            token = logits.argmax(-1)
-        out = {"ttft_s": t.result.seconds, "decode_s": [], "after_step": []}
-        if read_state:
-            out["state_bytes"] = fam.state_bytes(state)
-        for _ in range(new_tokens - 1):
-            with Timer(lm.device) as t:
-                state, logits = fam.step(lm.model, token, state)
-                token = logits.argmax(-1)
-            out["decode_s"].append(t.result.seconds)
-            if read_state:  # what this step read: the state it leaves (the cache includes its own token)
-                out["after_step"].append(fam.state_bytes(state))
-    return out
-
-
-def _tensor_bytes(obj, seen: set | None = None, depth: int = 0) -> int:
-    """Bytes of the distinct tensors inside a transformers cache (a Cache object, its layers' tensors and
-    dicts of tensors, or RWKV's list of state tensors)."""
-    seen = set() if seen is None else seen
-    if torch.is_tensor(obj):
-        key = (obj.data_ptr(), obj.numel())
-        if key in seen:
-            return 0
-        seen.add(key)
-        return obj.numel() * obj.element_size()
-    if depth > 4:
-        return 0
-    if isinstance(obj, dict):
-        items = obj.values()
-    elif isinstance(obj, (list, tuple)):
-        items = obj
-    elif type(obj).__module__.startswith("transformers"):
-        items = vars(obj).values()
-    else:
-        return 0
-    return sum(_tensor_bytes(x, seen, depth + 1) for x in items)
-
-
-def _hf_run(lm, ids: torch.Tensor, new_tokens: int, read_state: bool = False) -> dict:
-    """transformers' generate: max_new_tokens=1 times the prefill; in a run forced to N tokens a streamer
-    times each of the N - 1 later tokens (the gaps between consecutive tokens)."""
-    tok = lm.tokenizer
-    kwargs = dict(attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=tok.pad_token_id,
-                  temperature=None, top_p=None, top_k=None, return_dict_in_generate=read_state)
-    with Timer(lm.device) as t:
-        one = lm.model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kwargs)
-    clock = TokenClock(lm.device)
-    full = lm.model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, streamer=clock, **kwargs)
-    gaps = [b - a for a, b in zip(clock.times[1:], clock.times[2:])]  # times[0] is the prompt's put
-    out = {"ttft_s": t.result.seconds, "decode_s": gaps, "after_step": []}
-    if read_state:
-        def cache(result) -> int | None:
-            found = getattr(result, "cache", None)
-            found = getattr(result, "past_key_values", None) if found is None else found
-            return _tensor_bytes(found) or None
-
-        two = lm.model.generate(ids, max_new_tokens=2, min_new_tokens=2, **kwargs)
-        out["state_bytes"] = cache(one)
-        out["after_step"] = [cache(two), cache(full)]  # the first and the last decode step's state
-    return out
+def _samples(run, lm, ids: torch.Tensor, spec: dict) -> dict:
+    """The warm-up run (memory, state sizes) and the timed runs of one point."""
+    with torch.inference_mode():
+        with MemoryTracker(lm.device) as mem:
+            warm = run(lm, ids, spec["new_tokens"], read_state=True)
+        ttft, decode, start = [], [], time.perf_counter()
+        while len(ttft) < spec["min_runs"] or time.perf_counter() - start < spec["min_seconds"]:
+            r = run(lm, ids, spec["new_tokens"])
+            ttft.append(r["ttft_s"])
+            decode += r["decode_s"]
+    steps = [b for b in warm["after_step"] if b is not None]
+    return {"status": "ok", "ttft_s": ttft, "decode_s": decode, "runs": len(ttft),
+            "state_bytes": warm["state_bytes"], "state_bytes_decode": sum(steps) / len(steps) if steps else None,
+            "peak_mem_mb": mem.result.peak_mb, "peak_reserved_mb": mem.result.reserved_mb,
+            "mem_kind": mem.result.kind}
 
 
 def measure(spec: dict) -> dict:
     """Run one point (spec: model, context, batch, new_tokens, engine, device, dtype, prompt_source,
     min_runs, min_seconds, seed) in this process; returns the raw samples, or {"status": "oom", ...}."""
     lm = load(spec["model"], device=spec["device"], dtype=spec["dtype"])
-    run = _hf_run if spec["engine"] == "hf" else _engine_run
+    run = hf_run if spec["engine"] == "hf" else engine_run
     try:
         ids = prompt_ids(lm, spec["context"], spec["batch"], spec["prompt_source"], spec["seed"])
-        with torch.inference_mode():
-            with MemoryTracker(lm.device) as mem:
-                warm = run(lm, ids, spec["new_tokens"], read_state=True)
-            ttft, decode, start = [], [], time.perf_counter()
-            while len(ttft) < spec["min_runs"] or time.perf_counter() - start < spec["min_seconds"]:
-                r = run(lm, ids, spec["new_tokens"])
-                ttft.append(r["ttft_s"])
-                decode += r["decode_s"]
+        return _samples(run, lm, ids, spec)
+    except BatchSplit as err:
+        return {"status": "oom", "reason": str(err)}
     except Exception as err:  # noqa: BLE001 - only out-of-memory is recorded; anything else re-raises
         if not is_out_of_memory(err):
             raise
         return {"status": "oom", "reason": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
-    steps = [b for b in warm["after_step"] if b is not None]
-    return {"status": "ok", "ttft_s": ttft, "decode_s": decode, "runs": len(ttft),
-            "state_bytes": warm["state_bytes"], "state_bytes_decode": sum(steps) / len(steps) if steps else None,
-            "peak_mem_mb": mem.result.peak_mb, "peak_reserved_mb": mem.result.reserved_mb,
-            "mem_kind": mem.result.kind}
 
 
 def _release(device) -> None:
@@ -204,15 +147,15 @@ def _launch(spec: dict, launcher: str) -> dict:
 
 
 # records ----------------------------------------------------------------------------------------------
-def _model_meta(name: str, engine: str, device: str, dtype: str, store: Store, run_id: str) -> dict:
+def _model_meta(name: str, rt: RuntimeConfig, store: Store, run_id: str) -> dict:
     """Load the model once in this process for what every point record and the roofline need; free it."""
-    lm = load(name, device=device, dtype=dtype)
+    lm = load(name, device=rt.device, dtype=rt.dtype)
     store.add_model(run_id, lm)
-    kernel = engine_kernel(lm) if engine == "archbench" else "transformers.generate"
+    kernel = engine.kernel(lm) if rt.engine == "archbench" else "transformers.generate"
     meta = {"model": name, "family": lm.family, "params": lm.params, "untrained": lm.untrained,
             "kernel": kernel, "max_len": lm.max_len, "shape": roofline.shape(lm.model, lm.family)}
     del lm
-    _release(device)
+    _release(rt.device)
     return meta
 
 
@@ -266,27 +209,14 @@ def _record(meta: dict, spec: dict, raw: dict, env: dict) -> dict:
     return rec
 
 
-def _size(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
-
-
 def table(points: list[dict]) -> Table:
-    """The sweep as a rich table, one row per point."""
+    """The sweep as a rich table, one row per point (sizes and percentages in fmt.py's cells)."""
     tab = Table(title="archbench bench", show_lines=False)
     for col in ("model", "ctx", "batch", "status", "TTFT ms (p90)", "prefill tok/s", "decode ms (p90)",
                 "decode tok/s", "peak MB", "state", "FLOP/s %", "BW %"):
         tab.add_column(col, justify="left" if col in ("model", "status") else "right")
     for p in points:
-        label = p["model"] + (" (untrained)" if p["untrained"] else "")
+        label = fmt.label(p["model"], p["untrained"])
         if p["status"] != "ok":
             tab.add_row(label, str(p["context"]), str(p["batch"]), f"{p['status']}: {p['reason']}",
                         *["-"] * 8)
@@ -294,73 +224,84 @@ def table(points: list[dict]) -> Table:
         tab.add_row(label, str(p["context"]), str(p["batch"]), "ok",
                     f"{p['ttft_ms_median']:.1f} ({p['ttft_ms_p90']:.1f})", f"{p['prefill_tok_s']:.0f}",
                     f"{p['decode_ms_median']:.2f} ({p['decode_ms_p90']:.2f})", f"{p['decode_tok_s']:.1f}",
-                    f"{p['peak_mem_mb']:.0f}", _size(p["state_bytes"]), _pct(p["prefill_flops_frac"]),
-                    _pct(p["decode_bw_frac"]))
+                    f"{p['peak_mem_mb']:.0f}", fmt.size(p["state_bytes"]), fmt.pct(p["prefill_flops_frac"]),
+                    fmt.pct(p["decode_bw_frac"]))
     return tab
 
 
 # the sweep ----------------------------------------------------------------------------------------------
-def bench(models: list[str], contexts: list[int], batches: list[int], new_tokens: int = 64,
-          engine: str = "archbench", device: str = "cpu", dtype: str = "float32", prompt_source: str = "random",
-          min_runs: int = 3, min_seconds: float = 1.0, rounds: int = 3, out: str = "runs/bench",
-          db: str = DEFAULT_DB, launcher: str = "process", seed: int = 0) -> dict:
+@dataclass
+class _Sweep:
+    """One bench run in progress: what every point of the sweep needs."""
+
+    cfg: BenchConfig
+    store: Store
+    run_id: str
+    env: dict
+    out_dir: Path
+    result: dict
+    done: list = field(default_factory=list)  # records of the models already swept
+
+
+def _machine(cfg: BenchConfig, console: Console) -> dict:
+    """The run's environment with the machine's measured matmul rate and memory bandwidth."""
+    rt = cfg.runtime
+    console.print("measuring the machine's matmul rate and memory bandwidth ...")
+    rates = roofline.matmul_rates(rt.device, DTYPES[rt.dtype])
+    return {**environment(rt.device), "matmul_flops": max(rates.values()), "matmul_paths": rates,
+            "matmul_dtype": rt.dtype, "mem_bandwidth_bytes_s": roofline.mem_bandwidth(rt.device)}
+
+
+def _point(sw: _Sweep, meta: dict, point: tuple[int, int], state: dict) -> None:
+    """One round of one point: launch it (unless skipped), pool its samples, store and write its record.
+    `state` holds the model's "ooms", "raws" and "records" so far."""
+    t, b = point
+    spec = sw.cfg.spec(meta["model"], t, b)
+    reason = _skip_reason(meta, t, b, sw.cfg.new_tokens, state["ooms"])
+    raw = {"status": "skipped", "reason": reason} if reason else _launch(spec, sw.cfg.launcher)
+    if raw["status"] == "oom":
+        state["ooms"].append((t, b))
+    state["raws"][point] = _pool(state["raws"].get(point), raw)
+    state["records"][point] = rec = _record(meta, spec, state["raws"][point], sw.env)
+    sw.store.put(sw.run_id, "bench", f"{meta['model']}|{sw.cfg.runtime.engine}|context={t}|batch={b}", rec)
+    sw.result["points"] = sw.done + list(state["records"].values())
+    (sw.out_dir / "bench.json").write_text(json.dumps(sw.result, indent=1))
+
+
+def _sweep_model(sw: _Sweep, meta: dict, bar: Progress, task) -> None:
+    """Every point of one model, `rounds` times round-robin (a drift of the machine hits every point alike)."""
+    state = {"ooms": [], "raws": {}, "records": {}}
+    for _ in range(sw.cfg.rounds):
+        for b in sorted(sw.cfg.batches):
+            for t in sorted(sw.cfg.contexts):
+                bar.update(task, description=f"{meta['model']} context {t} batch {b}")
+                if state["raws"].get((t, b), {}).get("status", "ok") == "ok":  # skipped / oom points are settled
+                    _point(sw, meta, (t, b), state)
+                bar.advance(task)
+    sw.done += list(state["records"].values())
+
+
+def bench(cfg: BenchConfig) -> dict:
     """Measure every model x batch x context point; write OUT/bench.json and the store; print a table."""
-    if engine not in ENGINES:
-        raise ValueError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
-    if prompt_source not in PROMPT_SOURCES:
-        raise ValueError(f"--prompt-source {prompt_source!r}: choose one of {', '.join(PROMPT_SOURCES)}")
-    if dtype not in DTYPES:
-        raise ValueError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-    if launcher not in LAUNCHERS:
-        raise ValueError(f"launcher {launcher!r}: choose one of {', '.join(LAUNCHERS)}")
-    if new_tokens < 2:
-        raise ValueError("--new-tokens must be at least 2 (the first token ends the prefill; decode needs one more)")
-    if not contexts or not batches or min(contexts + batches) < 1 or min_runs < 1 or rounds < 1:
-        raise ValueError("--context and --batch need positive integers, --min-runs and --rounds at least 1")
-    out_dir = Path(out)
+    config.check_device(cfg.runtime.device)
+    out_dir = Path(cfg.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     run_id = f"{out_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    config = dict(models=list(models), contexts=sorted(contexts), batches=sorted(batches), new_tokens=new_tokens,
-                  engine=engine, device=device, dtype=dtype, prompt_source=prompt_source, min_runs=min_runs,
-                  min_seconds=min_seconds, rounds=rounds, launcher=launcher, seed=seed)
     console = Console(width=None if sys.stdout.isatty() else 160)
-    with Store(db) as store:
-        metas = [_model_meta(m, engine, device, dtype, store, run_id) for m in models]  # bad names fail first
-        console.print("measuring the machine's matmul rate and memory bandwidth ...")
-        rates = roofline.matmul_rates(device, DTYPES[dtype])
-        env = {**environment(device), "matmul_flops": max(rates.values()), "matmul_paths": rates,
-               "matmul_dtype": dtype, "mem_bandwidth_bytes_s": roofline.mem_bandwidth(device)}
-        store.ensure_run(run_id, "bench", config, env)
-        result = {"run_id": run_id, "config": config, "env": env, "points": []}
+    with Store(cfg.db) as store:
+        metas = [_model_meta(m, cfg.runtime, store, run_id) for m in cfg.models]  # bad names fail first
+        env = _machine(cfg, console)
+        store.ensure_run(run_id, "bench", cfg.record(), env)
+        sw = _Sweep(cfg, store, run_id, env, out_dir, {"run_id": run_id, "config": cfg.record(), "env": env,
+                                                          "points": []})
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        done = []  # records of the models already swept
         with Progress(*columns, console=console) as bar:
-            task = bar.add_task("bench", total=len(metas) * len(batches) * len(contexts) * rounds)
+            task = bar.add_task("bench", total=len(metas) * len(cfg.batches) * len(cfg.contexts) * cfg.rounds)
             for meta in metas:
-                ooms, raws, records = [], {}, {}
-                for _ in range(rounds):  # round-robin over the model's points: a drift hits every point alike
-                    for b in sorted(batches):
-                        for t in sorted(contexts):
-                            bar.update(task, description=f"{meta['model']} context {t} batch {b}")
-                            spec = dict(model=meta["model"], context=t, batch=b, new_tokens=new_tokens,
-                                        engine=engine, device=device, dtype=dtype, prompt_source=prompt_source,
-                                        min_runs=min_runs, min_seconds=min_seconds, seed=seed)
-                            if raws.get((t, b), {}).get("status", "ok") == "ok":  # skipped / oom points are settled
-                                reason = _skip_reason(meta, t, b, new_tokens, ooms)
-                                raw = {"status": "skipped", "reason": reason} if reason else _launch(spec, launcher)
-                                if raw["status"] == "oom":
-                                    ooms.append((t, b))
-                                raws[t, b] = _pool(raws.get((t, b)), raw)
-                                records[t, b] = _record(meta, spec, raws[t, b], env)
-                                store.put(run_id, "bench", f"{meta['model']}|{engine}|context={t}|batch={b}",
-                                          records[t, b])
-                                result["points"] = done + list(records.values())
-                                (out_dir / "bench.json").write_text(json.dumps(result, indent=1))
-                            bar.advance(task)
-                done += list(records.values())
-    console.print(table(result["points"]))
+                _sweep_model(sw, meta, bar, task)
+    console.print(table(sw.result["points"]))
     console.print(f"wrote {out_dir / 'bench.json'}")
-    return result
+    return sw.result
 
 
 def _main(argv: list[str] | None = None) -> None:

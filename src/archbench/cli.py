@@ -12,6 +12,7 @@ from rich.columns import Columns
 from rich.console import Console
 from rich.panel import Panel
 
+from archbench.bench_config import BenchConfig
 from archbench.config import AskConfig, ConfigError, EvalConfig, GenConfig, RuntimeConfig, defaults
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -60,6 +61,7 @@ def models():
 
 
 _E, _G, _R, _A = defaults(EvalConfig), defaults(GenConfig), defaults(RuntimeConfig), defaults(AskConfig)
+_B = defaults(BenchConfig)
 
 
 def _runtime(device: str, dtype: str, engine: str) -> RuntimeConfig:
@@ -188,20 +190,22 @@ def finetune(model: str = typer.Option(..., "--model", help="zoo alias, local di
 
 @app.command()
 def bench(model: List[str] = typer.Option(..., "--model"),
-          context: str = typer.Option("128,512,2048,8192", "--context", help="prompt lengths in tokens"),
-          batch: str = typer.Option("1,8,32", "--batch", help="batch sizes"),
-          new_tokens: int = typer.Option(64, "--new-tokens"),
-          engine: str = typer.Option("archbench", "--engine"), device: str = "cpu", dtype: str = "float32",
-          prompt_source: str = typer.Option("random", "--prompt-source", help="random tokens or text"),
-          min_runs: int = typer.Option(3, "--min-runs"), min_seconds: float = typer.Option(1.0, "--min-seconds"),
-          rounds: int = typer.Option(3, "--rounds", help="sweeps round-robin over the points, samples pooled"),
-          out: str = typer.Option("runs/bench", "--out"), db: str = typer.Option("runs/archbench.sqlite", "--db")):
+          context: str = typer.Option(",".join(map(str, _B["contexts"])), "--context", help="prompt lengths in tokens"),
+          batch: str = typer.Option(",".join(map(str, _B["batches"])), "--batch", help="batch sizes"),
+          new_tokens: int = typer.Option(_B["new_tokens"], "--new-tokens"),
+          engine: str = typer.Option(_R["engine"], "--engine"), device: str = _R["device"], dtype: str = _R["dtype"],
+          prompt_source: str = typer.Option(_B["prompt_source"], "--prompt-source", help="random tokens or text"),
+          min_runs: int = typer.Option(_B["min_runs"], "--min-runs"),
+          min_seconds: float = typer.Option(_B["min_seconds"], "--min-seconds"),
+          rounds: int = typer.Option(_B["rounds"], "--rounds", help="round-robin sweeps, samples pooled"),
+          out: str = typer.Option(_B["out"], "--out"), db: str = typer.Option(_B["db"], "--db")):
     """Efficiency sweep: prefill, decode, memory and state size vs context length and batch size."""
     from archbench.bench import bench as run_bench
 
-    _call(run_bench, models=model, contexts=_numbers(context, "--context"), batches=_numbers(batch, "--batch"),
-          new_tokens=new_tokens, engine=engine, device=device, dtype=dtype, prompt_source=prompt_source,
-          min_runs=min_runs, min_seconds=min_seconds, rounds=rounds, out=out, db=db)
+    _call(lambda: run_bench(BenchConfig.from_options(
+        models=model, contexts=_numbers(context, "--context"), batches=_numbers(batch, "--batch"),
+        new_tokens=new_tokens, engine=engine, device=device, dtype=dtype, prompt_source=prompt_source,
+        min_runs=min_runs, min_seconds=min_seconds, rounds=rounds, out=out, db=db)))
 
 
 @app.command()

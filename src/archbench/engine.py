@@ -163,18 +163,20 @@ def _prefix(lm, fam, ids, share: bool) -> tuple[tuple | None, float]:
     return prefix, time.perf_counter() - t0
 
 
-def _rows(ids, order: list[int], start: int, limit: int, gen: GenConfig) -> list[int]:
+def _rows(ids, order: list[int], start: int, limit: int, gen: GenConfig, budget: int) -> list[int]:
     """The next batch: up to `limit` rows from `start` of the longest-first order, under the token budget."""
     rows = [order[start]]
     while (len(rows) < limit and start + len(rows) < len(order)
-           and (len(rows) + 1) * (len(ids[rows[0]]) + gen.max_new_tokens) <= TOKEN_BUDGET):
+           and (len(rows) + 1) * (len(ids[rows[0]]) + gen.max_new_tokens) <= budget):
         rows.append(order[start + len(rows)])
     return rows
 
 
 def run(lm, ids: Sequence[Sequence[int]], gen: GenConfig, share_prefix: bool = True,
-        trace: StepTrace | None = None) -> Iterator[TokenBatch]:
-    """The engine on token ids: greedy tokens for every prompt, one `TokenBatch` per batch, longest first."""
+        trace: StepTrace | None = None, token_budget: int | None = None) -> Iterator[TokenBatch]:
+    """The engine on token ids: greedy tokens for every prompt, one `TokenBatch` per batch, longest first.
+    `token_budget` (default TOKEN_BUDGET) bounds rows x (prompt + new tokens) per batch."""
+    budget = token_budget or TOKEN_BUDGET
     fam = families.get(lm.family)
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     step, compiled = _stepper(lm, fam, gen)
@@ -183,10 +185,10 @@ def run(lm, ids: Sequence[Sequence[int]], gen: GenConfig, share_prefix: bool = T
     p = len(prefix[0]) if prefix else 0
     info = {"engine": "archbench", "kernel": kernel(lm), "prefix_cache_tokens": p,
             "compile": compiled, "batch_policy": f"sorted by length, <= {gen.batch_size or 'auto'} rows, "
-                                                  f"<= {TOKEN_BUDGET} tokens, halve on OOM"}
+                                                  f"<= {budget} tokens, halve on OOM"}
     limit, start, charged = gen.batch_size if gen.batch_size > 0 else len(order), 0, False
     while start < len(order):
-        rows = _rows(ids, order, start, limit, gen)
+        rows = _rows(ids, order, start, limit, gen, budget)
         synchronize(lm.device)
         t0 = time.perf_counter()
         try:

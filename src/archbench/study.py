@@ -15,7 +15,6 @@ Everything goes to `out:`: its own SQLite store (OUT/archbench.sqlite), run fold
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from archbench import families
+from archbench.bench_config import BenchConfig
 from archbench.config import AskConfig, EvalConfig, GenConfig, RuntimeConfig, defaults, field_types
 from archbench.finetune_config import STUDY_ARGS, FinetuneConfig
 
@@ -56,8 +56,7 @@ TASK_OPTIONS = ("limit", "gold", "lengths", "depths", "entries", "jrt")  # passe
 FINETUNE = {"name": (_STR, REQ), "model": (_STR, REQ), "label": (_STR, None), "train": (_STR, None),
             "args": ((dict,), {})}
 BENCH = {"name": (_STR, REQ), "models": ((list,), REQ), "contexts": ((list,), REQ), "batches": ((list,), [1]),
-         "new_tokens": (_INT, 64), "prompt_source": (_STR, "random"), "min_runs": (_INT, 3),
-         "min_seconds": (_NUM, 1.0), "rounds": (_INT, 3)}
+         **_derived(BenchConfig, ("new_tokens", "prompt_source", "min_runs", "min_seconds", "rounds"))}
 REPORT = {"title": (_STR, None), "out": (_STR, None)}
 FINETUNE_ARGS = sorted(STUDY_ARGS)  # what a study's fine-tune `args` may set
 _ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
@@ -290,7 +289,6 @@ def db_path(spec: dict) -> str:
 def plan(spec: dict) -> list[Stage]:
     """The study's stages in run order: ask, evals of base models, fine-tunes, evals of fine-tunes, bench."""
     out, db, data = Path(spec["out"]), db_path(spec), spec["data"]
-    common = {"device": spec["device"], "dtype": spec["dtype"], "engine": spec["engine"], "db": db}
     runtime = RuntimeConfig(device=spec["device"], dtype=spec["dtype"], engine=spec["engine"])
     every = [m["model"] for m in spec["models"]]
     asks, evals, tuned, fts, benches = [], [], [], [], []
@@ -333,12 +331,12 @@ def plan(spec: dict) -> list[Stage]:
         fts.append(Stage(f"finetune:{ft['name']}", "finetune", ft["name"], "", what, call, call.out))
     for b in spec["bench"]:
         ids = [_base(spec, r, "", None)["model"] for r in b["models"]]
-        call = {"models": ids, "contexts": b["contexts"], "batches": b["batches"], "new_tokens": b["new_tokens"],
-                "prompt_source": b["prompt_source"], "min_runs": b["min_runs"], "min_seconds": b["min_seconds"],
-                "rounds": b["rounds"],
-                "out": str(out / "bench" / b["name"]), **common}
+        call = BenchConfig(models=tuple(ids), contexts=tuple(b["contexts"]), batches=tuple(b["batches"]),
+                           new_tokens=b["new_tokens"], runtime=runtime, prompt_source=b["prompt_source"],
+                           min_runs=b["min_runs"], min_seconds=b["min_seconds"], rounds=b["rounds"],
+                           out=str(out / "bench" / b["name"]), db=db)
         what = f"{', '.join(ids)} at contexts {b['contexts']}, batches {b['batches']}, {b['new_tokens']} new tokens"
-        benches.append(Stage(f"bench:{b['name']}", "bench", b["name"], "", what, call, call["out"]))
+        benches.append(Stage(f"bench:{b['name']}", "bench", b["name"], "", what, call, call.out))
     return asks + evals + fts + tuned + benches
 
 
@@ -364,8 +362,8 @@ def status(stage: Stage, store) -> tuple[bool, str]:
     if stage.kind == "bench":  # bench.json is rewritten after every point: done when all have every round
         marker, call = Path(stage.out) / "bench.json", stage.call
         points = json.loads(marker.read_text())["points"] if marker.exists() else []
-        have = sum(p["status"] != "ok" or p.get("rounds", 1) >= call["rounds"] for p in points)
-        want = len(call["models"]) * len(call["contexts"]) * len(call["batches"])
+        have = sum(p["status"] != "ok" or p.get("rounds", 1) >= call.rounds for p in points)
+        want = len(call.models) * len(call.contexts) * len(call.batches)
         return have >= want, "done" if have >= want else f"to do ({have}/{want} points stored)" if have else "to do"
     if stage.kind == "ask":
         have = {a["model"] for a in store.records(stage.call.run_id, "answer")}
@@ -454,8 +452,7 @@ def run_study(*, study: str, dry_run: bool = False, only: list[str] | None = Non
         if states[s.name][0]:
             continue
         echo(f"== {s.name}: {s.what}")
-        fn = _library(s.kind)
-        fn(s.call) if dataclasses.is_dataclass(s.call) else fn(**s.call)
+        _library(s.kind)(s.call)
     from archbench.report import write_report
 
     with Store(db_path(spec)) as store:  # the report reads the plan and what is done from the store
