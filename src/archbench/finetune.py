@@ -2,14 +2,13 @@
 
 LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models") via Hugging Face `peft`; devices,
 data parallelism and mixed precision (bf16/fp16 autocast on GPU, fp32 on CPU) via `accelerate`. The same
-command runs on CPU, one GPU, and under `torchrun` / `accelerate launch` across GPUs or machines: `python -m
-archbench.finetune` takes the options of `archbench finetune`. Several CPU processes need `torchrun
---nproc_per_node N` (gloo); a plain `accelerate launch --cpu --num_processes N` runs one process.
+command runs on CPU, one GPU, and under `torchrun` / `accelerate launch` across GPUs or machines:
+`torchrun --nproc_per_node N -m archbench finetune ...` takes the options of `archbench finetune`. Several CPU
+processes need torchrun (gloo); a plain `accelerate launch --cpu --num_processes N` runs one process.
+Settings: `FinetuneConfig` (finetune_config.py, torch-free, every default written once).
 
-Data: a row is the zero-shot eval prompt (`prompts.render`, the style `archbench eval` uses), then " answer"
-and EOS, so the model learns to stop. Prompt and answer are tokenised apart and their ids concatenated: the
-loss (answer + EOS by default, `--loss-on all` for every token) starts exactly at the boundary. A row over
-`--max-length` gets its context cut by evaluation's rule (`prompts.fit_prompt`); the answer is never cut.
+Data (finetune_data.py): a row is the zero-shot eval prompt then " answer" and EOS, the loss on the answer
+and EOS only unless `loss_on="all"`; a row over `max_length` gets its context cut, never its answer.
 
 Batches: optimizer step s uses global batch s (batch_size x processes x grad_accum rows) of a permutation
 seeded by (seed, epoch), so data order depends only on (seed, s): resume skips consumed batches exactly, and
@@ -29,86 +28,25 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import shutil
-import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from transformers.pytorch_utils import Conv1D
 
 from archbench import families, loading, prompts, zoo
+from archbench.config import EvalConfig, GenConfig, RuntimeConfig, check_device
 from archbench.data import load_examples, load_pool
+from archbench.evaluate import evaluate
+from archbench.finetune_checkpoint import latest_checkpoint, save_checkpoint, set_rng_state
+from archbench.finetune_config import RESUME_KEYS, FinetuneConfig, settings_record
+from archbench.finetune_data import Sample, build_samples, collate, loss_sum, step_rows, targets
 from archbench.store import Store
 from archbench.trackers import Timer, environment
-
-IGNORE = -100  # label of a token that carries no loss
-# every setting but model, train and out, with `archbench finetune`'s defaults (studies override some)
-DEFAULTS = {"prompt_style": "default", "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "target_modules": None,
-            "epochs": 1.0, "max_steps": None, "lr": 2e-4, "batch_size": 8, "grad_accum": 1, "max_length": 1024,
-            "schedule": "cosine", "warmup_steps": 10, "max_grad_norm": 1.0, "loss_on": "answer", "limit": None,
-            "eval_every": 0, "eval_data": None, "eval_limit": 20, "save_every": 20, "resume": False,
-            "merge": False, "seed": 1234, "device": None, "db": "runs/archbench.sqlite"}
-# settings a resumed run must share with its checkpoint (the others only change logging and outputs)
-_RESUME_KEYS = ("model", "train", "prompt_style", "lora_r", "lora_alpha", "lora_dropout", "target_modules",
-                "epochs", "max_steps", "lr", "batch_size", "grad_accum", "max_length", "schedule", "warmup_steps",
-                "max_grad_norm", "loss_on", "limit", "seed", "world_size")
-
-
-@dataclass(frozen=True)
-class Sample:
-    ids: list[int]  # prompt ids + answer ids + EOS
-    labels: list[int]  # IGNORE on every token without loss
-    text: str  # the rendered row (hashed into finetune.json)
-
-
-# ---------------------------------------------------------------------------------------------- data
-def build_samples(examples, style, tokenizer, max_length: int, loss_on: str = "answer") -> list[Sample]:
-    """Render and tokenise training rows: prompt ids + ids of " answer" + EOS, the prompt masked out."""
-    if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no end-of-text token to end the answers with")
-    texts = [prompts.render(style, e, [], tokenizer) for e in examples]
-    answers = [" " + e.answers[0] for e in examples]
-    prompt_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    answer_ids = [a + [tokenizer.eos_token_id] for a in tokenizer(answers, add_special_tokens=False)["input_ids"]]
-    samples = []
-    for ex, text, answer, p, a in zip(examples, texts, answers, prompt_ids, answer_ids):
-        if len(p) + len(a) > max_length:  # shorten the context, never the answer
-            text = prompts.fit_prompt(style, ex, [], tokenizer, max_length, reserve=len(a)).text
-            p = tokenizer(text, add_special_tokens=False)["input_ids"]
-        labels = list(p) + a if loss_on == "all" else [IGNORE] * len(p) + a
-        samples.append(Sample(ids=list(p) + a, labels=labels, text=text + answer))
-    return samples
-
-
-def collate(samples: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a micro-batch to its longest row (padding carries no loss)."""
-    width = max(len(s.ids) for s in samples)
-    ids = torch.full((len(samples), width), pad_id)
-    labels = torch.full((len(samples), width), IGNORE)
-    mask = torch.zeros((len(samples), width), dtype=torch.long)
-    for i, s in enumerate(samples):
-        ids[i, :len(s.ids)], labels[i, :len(s.ids)], mask[i, :len(s.ids)] = (
-            torch.tensor(s.ids), torch.tensor(s.labels), 1)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def targets(sample: Sample) -> int:
-    """Tokens predicted with loss: every labelled token but the first (nothing predicts it)."""
-    return sum(1 for t in sample.labels[1:] if t != IGNORE)
-
-
-def step_rows(step: int, n: int, per_step: int, seed: int) -> list[int]:
-    """Row indices of optimizer step `step`: a slice of the permutation seeded by (seed, epoch)."""
-    per_epoch = n // per_step
-    epoch, pos = divmod(step, per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
-    return perm[pos * per_step:(pos + 1) * per_step].tolist()
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -134,14 +72,6 @@ def check_targets(model, names: list[str], family: str) -> None:
                              f"its linear layers: {', '.join(linear)}")
 
 
-def loss_sum(model, batch: dict) -> torch.Tensor:
-    """Summed cross-entropy of the labelled tokens; logits are computed only where a target follows."""
-    keep = F.pad(batch["labels"][:, 1:] != IGNORE, (0, 1), value=False)  # (B, T): next token has a label
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   logits_to_keep=keep).logits  # (N, V), N = labelled tokens in the batch
-    return F.cross_entropy(logits.float(), batch["labels"][:, 1:][keep[:, :-1]], reduction="sum")
-
-
 def layers_without_grad(model, batch: dict) -> list[str]:
     """LoRA layers that one forward/backward leaves without a gradient (their weights are read directly);
     raises when that is every LoRA layer (nothing would train)."""
@@ -158,59 +88,28 @@ def layers_without_grad(model, batch: dict) -> list[str]:
     return sorted(layer for layer, has_grad in layers.items() if not has_grad)
 
 
-def train_step(accelerator, model, optimizer, rows: list[Sample], cfg: dict, pad_id: int) -> tuple[float, float | None]:
+def train_step(accelerator, model, optimizer, rows: list[Sample], cfg: FinetuneConfig,
+               pad_id: int) -> tuple[float, float | None]:
     """One optimizer step on a global batch: this process's micro-batches, gradients accumulated (synced on
     the last), clipped, applied. Returns the global batch's mean token loss and the gradient norm."""
-    world, rank, size = accelerator.num_processes, accelerator.process_index, cfg["batch_size"]
+    world, rank, size = accelerator.num_processes, accelerator.process_index, cfg.batch_size
     n_targets = sum(targets(s) for s in rows)
     loss = torch.zeros((), device=accelerator.device)
-    for a in range(cfg["grad_accum"]):
+    for a in range(cfg.grad_accum):
         first = (a * world + rank) * size
         batch = {k: v.to(accelerator.device) for k, v in collate(rows[first:first + size], pad_id).items()}
-        with nullcontext() if a == cfg["grad_accum"] - 1 else accelerator.no_sync(model):
+        with nullcontext() if a == cfg.grad_accum - 1 else accelerator.no_sync(model):
             part = loss_sum(model, batch)
             accelerator.backward(part * world / n_targets)  # DDP averages gradients over processes
         loss += part.detach()
-    grad_norm = (float(accelerator.clip_grad_norm_(model.parameters(), cfg["max_grad_norm"]))
-                 if cfg["max_grad_norm"] > 0 else None)
+    grad_norm = (float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+                 if cfg.max_grad_norm > 0 else None)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return accelerator.reduce(loss, "sum").item() / n_targets, grad_norm
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if state["cuda"] is not None:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    done = sorted(p for p in out.glob("checkpoint-*") if (p / "state.pt").exists())
-    return done[-1] if done else None
-
-
-def save_checkpoint(accelerator, out: Path, step: int, state: dict) -> None:
-    """Every process writes its RNG state, then the main one the shared state (state.pt marks completion)."""
-    path = out / f"checkpoint-{step:06d}"
-    path.mkdir(parents=True, exist_ok=True)
-    torch.save(_rng_state(), path / f"rng-{accelerator.process_index}.pt")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        torch.save(state, path / "state.pt")
-        for old in out.glob("checkpoint-*"):
-            if old != path:
-                shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-
-
 # ---------------------------------------------------------------------------------------------- evaluation
 def eval_loss(model, samples: list[Sample], batch_size: int, pad_id: int, device) -> float:
     """Mean token loss on held-out rows (teacher forcing, dropout off)."""
@@ -224,176 +123,277 @@ def eval_loss(model, samples: list[Sample], batch_size: int, pad_id: int, device
     return total / sum(targets(s) for s in samples)
 
 
-def eval_em(cfg: dict, model, step: int, out: Path, device) -> dict:
-    """Exact match / F1 of the current adapter through `archbench eval` (merged weights, any engine)."""
-    from archbench.evaluate import evaluate
-
+def eval_em(cfg: FinetuneConfig, model, step: int, out: Path, device) -> dict:
+    """Exact match / F1 of the current adapter through the eval recipe (zero-shot SQuAD, merged weights)."""
     where = out / "evals" / f"step-{step:06d}"
     model.save_pretrained(str(where / "adapter"))
-    summary = evaluate(models=[cfg["model"]], data=cfg["eval_data"], limit=cfg["eval_limit"], shots=[0],
-                       prompt_style=cfg["prompt_style"], batch_size=cfg["batch_size"], run_dir=str(where),
-                       db=cfg["db"], device=str(device), adapter=str(where / "adapter"))
+    options = {"data": cfg.eval_data, "limit": cfg.eval_limit, "prompt_style": cfg.prompt_style}
+    summary = evaluate(EvalConfig(models=(cfg.model,), task="squad", task_options=options, shots=(0,),
+                                  gen=GenConfig(batch_size=cfg.batch_size), runtime=RuntimeConfig(device=str(device)),
+                                  adapter=str(where / "adapter"), run_dir=str(where), db=cfg.db))
     model.train()
-    return {"eval_em": summary["results"][0]["em"], "eval_f1": summary["results"][0]["f1"]}
+    result = summary["results"][0]
+    return {"eval_em": result["em"], "eval_f1": result["f1"]}
 
 
 # ---------------------------------------------------------------------------------------------- the recipe
-def _check_settings(cfg: dict) -> None:
-    if cfg["loss_on"] not in ("answer", "all"):
-        raise ValueError(f"--loss-on {cfg['loss_on']!r}: choose answer or all")
-    if cfg["schedule"] not in ("cosine", "linear"):
-        raise ValueError(f"--schedule {cfg['schedule']!r}: choose cosine or linear")
-    if cfg["device"] not in (None, "cpu", "cuda"):
-        raise ValueError(f"--device {cfg['device']!r}: cpu or cuda (pick GPUs with CUDA_VISIBLE_DEVICES)")
-    if cfg["eval_every"] and not cfg["eval_data"]:
-        raise ValueError("--eval-every needs --eval-data: a held-out SQuAD file, e.g. squad_val_1k.jsonl")
-    if min(cfg["batch_size"], cfg["grad_accum"], cfg["lora_r"]) < 1:
-        raise ValueError("--batch-size, --grad-accum and --lora-r must be at least 1")
+@dataclass
+class _Data:
+    samples: list[Sample]  # training rows, in file order
+    held_out: list[Sample]  # rows of --eval-data for the periodic eval loss ([] without --eval-every)
+    pad_id: int
+    per_step: int  # rows per optimizer step: batch_size x processes x grad_accum
+    per_epoch: int  # optimizer steps per epoch
+    total: int  # optimizer steps of the whole run
 
 
-def run(**cfg) -> tuple[torch.nn.Module, dict]:
-    """Fine-tune; returns (the trained PeftModel, the result written to finetune.json)."""
-    from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
-    from accelerate.utils import set_seed
-    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-    from tqdm.auto import tqdm
-    from transformers import get_scheduler
+@dataclass
+class _Job:
+    """One fine-tuning run in progress: what the stages after set-up share."""
 
-    t_start = time.perf_counter()
-    cfg = {**DEFAULTS, **cfg}
-    _check_settings(cfg)
-    out = Path(cfg["out"])
-    cpu = cfg["device"] == "cpu" or not torch.cuda.is_available()
-    state = PartialState(cpu=cpu)
-    world, rank = state.num_processes, state.process_index
+    cfg: FinetuneConfig
+    settings: dict  # the run's settings as stored (finetune_config.settings_record)
+    accelerator: object
+    model: torch.nn.Module  # as accelerate prepared it (DDP-wrapped under several processes)
+    peft_model: torch.nn.Module  # the PeftModel itself
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    data: _Data
+    no_grad: list[str]  # LoRA layers the forward leaves without gradient
+    precision: str
+    t_start: float
+    run_id: str = ""
+    log: list[dict] = field(default_factory=list)  # one entry per optimizer step
+    start: int = 0  # steps already done (resume)
+    wall_before: float = 0.0  # wall time of the interrupted runs
+    store: Store | None = None  # main process only
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
+
+    def wall_s(self) -> float:
+        return self.wall_before + time.perf_counter() - self.t_start
+
+
+def _on_cpu(cfg: FinetuneConfig) -> bool:
+    return cfg.device == "cpu" or not torch.cuda.is_available()
+
+
+def _launch(cfg: FinetuneConfig):
+    """The process group (this process, or torchrun's) and the checkpoint to resume from (None: start fresh)."""
+    from accelerate import PartialState
+
+    if cfg.device:
+        check_device(cfg.device)
+    state = PartialState(cpu=_on_cpu(cfg))
     launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if world != launched:
-        raise RuntimeError(f"WORLD_SIZE={launched} but accelerate runs {world} process(es)")
-    names = [t.strip() for item in cfg["target_modules"] or [] for t in item.split(",") if t.strip()]
-    cfg = {**cfg, "target_modules": names or None, "world_size": world}  # "a,b" or repeated options
-    checkpoint = latest_checkpoint(out) if cfg["resume"] else None
-    if not cfg["resume"] and latest_checkpoint(out):
-        raise ValueError(f"{out} holds a checkpoint of an earlier run: pass --resume to continue it, or a new --out")
+    if state.num_processes != launched:
+        raise RuntimeError(f"WORLD_SIZE={launched} but accelerate runs {state.num_processes} process(es)")
+    found = latest_checkpoint(Path(cfg.out))
+    if found and not cfg.resume:
+        raise ValueError(f"{cfg.out} holds a checkpoint of an earlier run: pass --resume to continue it, "
+                         "or a new --out")
+    return state, found if cfg.resume else None
 
-    # setup: model + LoRA, data
-    set_seed(cfg["seed"])
-    lm = loading.load(cfg["model"])
+
+def _lora_model(cfg: FinetuneConfig):
+    """The base model (seeded) with LoRA on the chosen targets; returns (LM, PeftModel, target names)."""
+    from accelerate.utils import set_seed
+    from peft import LoraConfig, get_peft_model
+
+    set_seed(cfg.seed)
+    lm = loading.load(cfg.model)
     if getattr(lm.model.config, "rescale_every", 0):  # RWKV halves weights in place in eval mode (an fp16
         lm.model.config.rescale_every = 0  # guard), missing unmerged LoRA deltas: in-memory evals run unscaled
-    target_list = cfg["target_modules"] or default_targets(lm.family, lm.model_type)
-    check_targets(lm.model, target_list, lm.family)
-    conv1d = any(isinstance(m, Conv1D) and n.rsplit(".", 1)[-1] in target_list for n, m in lm.model.named_modules())
-    model = get_peft_model(lm.model, LoraConfig(r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"], task_type="CAUSAL_LM",
-                                                lora_dropout=cfg["lora_dropout"], target_modules=target_list,
-                                                fan_in_fan_out=conv1d))
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    style, tok = prompts.load_style(cfg["prompt_style"]), lm.tokenizer
-    examples = load_pool(cfg["train"])[:cfg["limit"]]
-    samples = build_samples(examples, style, tok, cfg["max_length"], cfg["loss_on"])
-    held_out = (build_samples(load_examples(cfg["eval_data"], limit=cfg["eval_limit"]), style, tok,
-                              cfg["max_length"]) if cfg["eval_every"] else [])
-    per_step = cfg["batch_size"] * world * cfg["grad_accum"]
+    names = list(cfg.target_modules) or default_targets(lm.family, lm.model_type)
+    check_targets(lm.model, names, lm.family)
+    conv1d = any(isinstance(m, Conv1D) and n.rsplit(".", 1)[-1] in names for n, m in lm.model.named_modules())
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, task_type="CAUSAL_LM", lora_dropout=cfg.lora_dropout,
+                      target_modules=names, fan_in_fan_out=conv1d)
+    return lm, get_peft_model(lm.model, lora), names
+
+
+def _training_data(cfg: FinetuneConfig, tokenizer, world: int) -> _Data:
+    """Tokenised training (and held-out) rows and the run's step counts."""
+    style = prompts.load_style(cfg.prompt_style)
+    samples = build_samples(load_pool(cfg.train)[:cfg.limit], style, tokenizer, cfg.max_length, cfg.loss_on)
+    held_out = (build_samples(load_examples(cfg.eval_data, limit=cfg.eval_limit), style, tokenizer, cfg.max_length)
+                if cfg.eval_every else [])
+    per_step = cfg.batch_size * world * cfg.grad_accum
     if len(samples) < per_step:
         raise ValueError(f"{len(samples)} training rows are fewer than one global batch "
-                         f"(batch {cfg['batch_size']} x {world} processes x grad-accum {cfg['grad_accum']})")
+                         f"(batch {cfg.batch_size} x {world} processes x grad-accum {cfg.grad_accum})")
     per_epoch = len(samples) // per_step
-    total = cfg["max_steps"] or max(1, int(cfg["epochs"] * per_epoch))
+    total = cfg.max_steps or max(1, int(cfg.epochs * per_epoch))
+    return _Data(samples, held_out, tokenizer.pad_token_id, per_step, per_epoch, total)
 
-    # probe for LoRA layers without gradient, then accelerate (DDP told about them only when they exist)
+
+def _prepare(cfg: FinetuneConfig, state, model, data: _Data, t_start: float) -> _Job:
+    """Probe for LoRA layers without gradient, then accelerate (DDP told about them only when they exist),
+    the optimizer and the schedule."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from transformers import get_scheduler
+
     model.to(state.device)
-    probe = {k: v.to(state.device) for k, v in collate(samples[:1], tok.pad_token_id).items()}
+    probe = {k: v.to(state.device) for k, v in collate(data.samples[:1], data.pad_id).items()}
     no_grad = layers_without_grad(model, probe)
+    world = state.num_processes
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if no_grad and world > 1 else []
+    cpu = _on_cpu(cfg)
     precision = "no" if cpu else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
     accelerator = Accelerator(cpu=cpu, mixed_precision=precision, kwargs_handlers=handlers)
     if no_grad:
         accelerator.print(f"note: {len(no_grad)} LoRA layers get no gradient, the model reads their weights "
                           f"directly ({', '.join(sorted({n.rsplit('.', 1)[-1] for n in no_grad}))}); they stay at "
                           "zero" + (" and DDP runs with find_unused_parameters=True" if handlers else ""))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg["lr"])
-    scheduler = get_scheduler(cfg["schedule"], optimizer, num_warmup_steps=cfg["warmup_steps"],
-                              num_training_steps=total)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    peft_model = accelerator.unwrap_model(model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    scheduler = get_scheduler(cfg.schedule, optimizer, num_warmup_steps=cfg.warmup_steps,
+                              num_training_steps=data.total)
+    prepared, optimizer = accelerator.prepare(model, optimizer)
+    return _Job(cfg, settings_record(cfg, world), accelerator, prepared, accelerator.unwrap_model(prepared),
+                optimizer, scheduler, data, no_grad, precision, t_start)
 
-    # resume, or start fresh
-    run_id, log, start, wall_before = f"finetune-{out.name}-{time.strftime('%Y%m%d-%H%M%S')}", [], 0, 0.0
-    if checkpoint is not None:
-        saved = torch.load(checkpoint / "state.pt", weights_only=False)
-        changed = [k for k in _RESUME_KEYS if saved["settings"].get(k) != cfg[k]]
-        if changed:
-            raise ValueError(f"{checkpoint}: made with other settings ({', '.join(changed)}); use a new --out")
-        set_peft_model_state_dict(peft_model, saved["adapter"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        _set_rng_state(torch.load(checkpoint / f"rng-{rank}.pt", weights_only=False))
-        run_id, log, start, wall_before = saved["run_id"], saved["log"], saved["step"], saved["wall_s"]
-    else:
-        set_seed(cfg["seed"] + rank)  # dropout differs per process; the probe's draws are forgotten
-    main = accelerator.is_main_process
-    store = Store(cfg["db"]) if main else None
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        store.ensure_run(run_id, "finetune", {k: v for k, v in cfg.items() if k != "resume"},
-                         environment(accelerator.device))
-        (out / "train_log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
 
-    # the train loop
-    model.train()
-    bar = tqdm(total=total, initial=start, disable=not main, desc=f"finetune {cfg['model']}", dynamic_ncols=True)
-    for step in range(start, total):
-        with Timer(accelerator.device) as timer:
-            rows = step_rows(step, len(samples), per_step, cfg["seed"])
-            lr = scheduler.get_last_lr()[0]
-            loss, grad_norm = train_step(accelerator, model, optimizer, [samples[i] for i in rows], cfg,
-                                         tok.pad_token_id)
-            scheduler.step()
-        seconds, tokens = timer.result.seconds, sum(len(samples[i].ids) for i in rows)
-        entry = {"step": step + 1, "epoch": round((step + 1) / per_epoch, 4), "loss": loss, "lr": lr,
-                 "grad_norm": grad_norm, "tokens": tokens, "tok_s": tokens / seconds}
-        if cfg["eval_every"] and (step + 1) % cfg["eval_every"] == 0:
-            if main:
-                entry["eval_loss"] = eval_loss(peft_model, held_out, cfg["batch_size"], tok.pad_token_id,
-                                               accelerator.device)
-                entry.update(eval_em(cfg, peft_model, step + 1, out, accelerator.device))
-            accelerator.wait_for_everyone()
-        log.append(entry)
-        if main:
-            store.put(run_id, "train_log", f"{step + 1}", entry)
-            with open(out / "train_log.jsonl", "a") as f:
-                f.write(json.dumps(entry) + "\n")
-        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens / seconds:.0f}")
+def _restore(job: _Job, checkpoint: Path | None) -> None:
+    """Continue from a checkpoint (adapter, optimizer, schedule, log, this process's RNG) or start fresh."""
+    from accelerate.utils import set_seed
+    from peft import set_peft_model_state_dict
+
+    rank = job.accelerator.process_index
+    if checkpoint is None:
+        job.run_id = f"finetune-{job.out.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        set_seed(job.cfg.seed + rank)  # dropout differs per process; the probe's draws are forgotten
+        return
+    saved = torch.load(checkpoint / "state.pt", weights_only=False)
+    changed = [k for k in RESUME_KEYS if saved["settings"].get(k) != job.settings[k]]
+    if changed:
+        raise ValueError(f"{checkpoint}: made with other settings ({', '.join(changed)}); use a new --out")
+    set_peft_model_state_dict(job.peft_model, saved["adapter"])
+    job.optimizer.load_state_dict(saved["optimizer"])
+    job.scheduler.load_state_dict(saved["scheduler"])
+    set_rng_state(torch.load(checkpoint / f"rng-{rank}.pt", weights_only=False))
+    job.run_id, job.log, job.start, job.wall_before = saved["run_id"], saved["log"], saved["step"], saved["wall_s"]
+
+
+def _stored_settings(job: _Job) -> dict:
+    return {k: v for k, v in job.settings.items() if k != "resume"}
+
+
+def _open_outputs(job: _Job) -> None:
+    """Main process: the store's run record and train_log.jsonl rewritten from the (resumed) log."""
+    if not job.accelerator.is_main_process:
+        return
+    job.store = Store(job.cfg.db)
+    job.out.mkdir(parents=True, exist_ok=True)
+    job.store.ensure_run(job.run_id, "finetune", _stored_settings(job), environment(job.accelerator.device))
+    (job.out / "train_log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in job.log))
+
+
+def _step(job: _Job, step: int) -> dict:
+    """Optimizer step `step` (0-based) on its global batch; returns its log entry."""
+    data, accelerator = job.data, job.accelerator
+    with Timer(accelerator.device) as timer:
+        rows = step_rows(step, len(data.samples), data.per_step, job.cfg.seed)
+        lr = job.scheduler.get_last_lr()[0]
+        loss, grad_norm = train_step(accelerator, job.model, job.optimizer, [data.samples[i] for i in rows],
+                                     job.cfg, data.pad_id)
+        job.scheduler.step()
+    seconds, tokens = timer.result.seconds, sum(len(data.samples[i].ids) for i in rows)
+    return {"step": step + 1, "epoch": round((step + 1) / data.per_epoch, 4), "loss": loss, "lr": lr,
+            "grad_norm": grad_norm, "tokens": tokens, "tok_s": tokens / seconds}
+
+
+def _periodic_eval(job: _Job, entry: dict) -> None:
+    """Main process: held-out loss and EM/F1 of the adapter after this step, added to its log entry."""
+    accelerator = job.accelerator
+    if accelerator.is_main_process:
+        entry["eval_loss"] = eval_loss(job.peft_model, job.data.held_out, job.cfg.batch_size, job.data.pad_id,
+                                       accelerator.device)
+        entry.update(eval_em(job.cfg, job.peft_model, entry["step"], job.out, accelerator.device))
+    accelerator.wait_for_everyone()
+
+
+def _record(job: _Job, entry: dict) -> None:
+    job.log.append(entry)
+    if job.store is not None:
+        job.store.put(job.run_id, "train_log", f"{entry['step']}", entry)
+        with open(job.out / "train_log.jsonl", "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+
+def _checkpoint(job: _Job, step: int) -> None:
+    from peft import get_peft_model_state_dict
+
+    save_checkpoint(job.accelerator, job.out, step, {
+        "step": step, "run_id": job.run_id, "log": job.log, "settings": job.settings,
+        "adapter": {k: v.cpu() for k, v in get_peft_model_state_dict(job.peft_model).items()},
+        "optimizer": job.optimizer.state_dict(), "scheduler": job.scheduler.state_dict(), "wall_s": job.wall_s()})
+
+
+def _train(job: _Job) -> None:
+    """The train loop: step, periodic eval, log, checkpoint, from the first step not yet done."""
+    from tqdm.auto import tqdm
+
+    cfg, total = job.cfg, job.data.total
+    job.model.train()
+    bar = tqdm(total=total, initial=job.start, disable=not job.accelerator.is_main_process,
+               desc=f"finetune {cfg.model}", dynamic_ncols=True)
+    for step in range(job.start, total):
+        entry = _step(job, step)
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+            _periodic_eval(job, entry)
+        _record(job, entry)
+        bar.set_postfix(loss=f"{entry['loss']:.3f}", lr=f"{entry['lr']:.2e}", tok_s=f"{entry['tok_s']:.0f}")
         bar.update(1)
-        if cfg["save_every"] and ((step + 1) % cfg["save_every"] == 0 or step + 1 == total):
-            save_checkpoint(accelerator, out, step + 1, {
-                "step": step + 1, "run_id": run_id, "log": log, "settings": cfg,
-                "adapter": {k: v.cpu() for k, v in get_peft_model_state_dict(peft_model).items()},
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "wall_s": wall_before + time.perf_counter() - t_start})
+        if cfg.save_every and ((step + 1) % cfg.save_every == 0 or step + 1 == total):
+            _checkpoint(job, step + 1)
     bar.close()
 
-    # outputs: adapter, finetune.json, merged model
-    losses = [e["loss"] for e in log]
-    result = {"settings": {k: v for k, v in cfg.items() if k != "resume"}, "base": lm.source,
-              "family": lm.family, "model_type": lm.model_type, "target_modules": target_list,
-              "no_grad_modules": no_grad, "trainable_params": trainable, "base_params": lm.params,
-              "train_sha256": hashlib.sha256(Path(cfg["train"]).read_bytes()).hexdigest()
-              if Path(cfg["train"]).is_file() else None,
-              "data_sha256": hashlib.sha256("\x00".join(s.text for s in samples).encode()).hexdigest(),
-              "rows": len(samples), "steps": total, "steps_per_epoch": per_epoch, "world_size": world,
-              "precision": precision, "first_loss": losses[0], "final_loss": losses[-1],
-              "first10_loss": float(np.mean(losses[:10])), "last10_loss": float(np.mean(losses[-10:])),
-              "last_eval": next((e for e in reversed(log) if "eval_loss" in e), None), "run_id": run_id,
-              "wall_s": wall_before + time.perf_counter() - t_start, "adapter": str(out)}
-    if main:
-        peft_model.save_pretrained(str(out))
-        if cfg["merge"]:
-            result["merged"] = str(write_merged(cfg["model"], out))
-        (out / "finetune.json").write_text(json.dumps(result, indent=1))
-        store.put(run_id, "finetune", "result", result)
-        store.close()
-    accelerator.wait_for_everyone()
-    return peft_model, result
+
+def _result(job: _Job, lm, target_list: list[str]) -> dict:
+    """What finetune.json and the store's "finetune" record hold."""
+    cfg, data, losses = job.cfg, job.data, [e["loss"] for e in job.log]
+    train = Path(cfg.train)
+    return {"settings": _stored_settings(job), "base": lm.source, "family": lm.family, "model_type": lm.model_type,
+            "target_modules": target_list, "no_grad_modules": job.no_grad,
+            "trainable_params": sum(p.numel() for p in job.peft_model.parameters() if p.requires_grad),
+            "base_params": lm.params,
+            "train_sha256": hashlib.sha256(train.read_bytes()).hexdigest() if train.is_file() else None,
+            "data_sha256": hashlib.sha256("\x00".join(s.text for s in data.samples).encode()).hexdigest(),
+            "rows": len(data.samples), "steps": data.total, "steps_per_epoch": data.per_epoch,
+            "world_size": job.accelerator.num_processes, "precision": job.precision,
+            "first_loss": losses[0], "final_loss": losses[-1],
+            "first10_loss": float(np.mean(losses[:10])), "last10_loss": float(np.mean(losses[-10:])),
+            "last_eval": next((e for e in reversed(job.log) if "eval_loss" in e), None), "run_id": job.run_id,
+            "wall_s": job.wall_s(), "adapter": str(job.out)}
+
+
+def _write_outputs(job: _Job, result: dict) -> None:
+    """Main process: the adapter, the merged model (--merge), finetune.json and the store's record."""
+    if job.store is not None:
+        job.peft_model.save_pretrained(str(job.out))
+        if job.cfg.merge:
+            result["merged"] = str(write_merged(job.cfg.model, job.out))
+        (job.out / "finetune.json").write_text(json.dumps(result, indent=1))
+        job.store.put(job.run_id, "finetune", "result", result)
+        job.store.close()
+    job.accelerator.wait_for_everyone()
+
+
+def run(cfg: FinetuneConfig) -> tuple[torch.nn.Module, dict]:
+    """Fine-tune; returns (the trained PeftModel, the result written to finetune.json)."""
+    t_start = time.perf_counter()
+    state, checkpoint = _launch(cfg)
+    lm, model, target_list = _lora_model(cfg)
+    data = _training_data(cfg, lm.tokenizer, state.num_processes)
+    job = _prepare(cfg, state, model, data, t_start)
+    _restore(job, checkpoint)
+    _open_outputs(job)
+    _train(job)
+    result = _result(job, lm, target_list)
+    _write_outputs(job, result)
+    return job.peft_model, result
 
 
 def write_merged(model: str, adapter: Path) -> Path:
@@ -408,12 +408,6 @@ def write_merged(model: str, adapter: Path) -> Path:
     return where
 
 
-def finetune(**kwargs) -> dict:
+def finetune(cfg: FinetuneConfig) -> dict:
     """`archbench finetune`: the recipe's result (first_loss, final_loss, wall_s, ...), also in finetune.json."""
-    return run(**kwargs)[1]
-
-
-if __name__ == "__main__":  # torchrun --nproc_per_node 2 -m archbench.finetune --model M --train F --out D ...
-    from archbench.cli import app
-
-    app(["finetune", *sys.argv[1:]])
+    return run(cfg)[1]

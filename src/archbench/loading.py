@@ -48,6 +48,13 @@ def resolve(name: str) -> tuple[str, dict]:
     if zoo.is_zoo(name):
         return str(zoo.ensure(name)), {}
     path = Path(name).expanduser()
+    if path.suffix == ".pth":  # BlinkDL's native RWKV-6/7 checkpoints: converted once, cached
+        from archbench.models import rwkv_convert
+
+        try:
+            return str(rwkv_convert.cached(path, zoo.cache_dir())), {}
+        except rwkv_convert.PthError as err:
+            raise ModelError(f"model {name!r}: {err}") from None
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelError(f"model {name!r}: GGUF file not found")
@@ -61,8 +68,10 @@ def resolve(name: str) -> tuple[str, dict]:
     return name, {}  # a hub id
 
 
-def load(name: str, *, device: str = "cpu", dtype: str = "float32", adapter: str | None = None) -> LM:
-    """Load model `name` (+ optional LoRA `adapter` directory) for inference."""
+def load(name: str, *, device: str = "cpu", dtype: str = "float32", adapter: str | None = None,
+         device_map: str | None = None) -> LM:
+    """Load model `name` (+ optional LoRA `adapter` directory) for inference; `device_map` ("auto") lets
+    accelerate place its layers over this node's devices (big-model inference) instead of `device`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import archbench.models  # noqa: F401  registers archbench's own model types (rwkv7) with transformers
@@ -72,7 +81,8 @@ def load(name: str, *, device: str = "cpu", dtype: str = "float32", adapter: str
     source, extra = resolve(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **extra)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **extra)
+        placed = {"device_map": device_map} if device_map else {}
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **placed, **extra)
     except (OSError, ValueError) as err:  # hub errors subclass OSError
         where = "the hub is offline (HF_HUB_OFFLINE=1)" if _offline() else "it could not be fetched"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -87,7 +97,11 @@ def load(name: str, *, device: str = "cpu", dtype: str = "float32", adapter: str
         if not (Path(adapter) / "adapter_config.json").exists():
             raise ModelError(f"--adapter {adapter!r}: no adapter_config.json there")
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    model.to(device).eval()
+    if device_map:  # inputs go where the embedding is; accelerate's hooks move activations layer to layer
+        device = str(model.get_input_embeddings().weight.device)
+    else:
+        model.to(device)
+    model.eval()
     try:
         family = families.family_of(model.config.model_type)
     except KeyError as err:
