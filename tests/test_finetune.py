@@ -172,7 +172,13 @@ def test_resume_after_interruption_gives_the_same_adapter(tmp_path, train_file, 
         run(cfg)
     with pytest.raises(ValueError, match=r"other settings \(lr\)"):
         run(dataclasses.replace(cfg, resume=True, lr=1e-3))
-    _, resumed = run(dataclasses.replace(cfg, resume=True))
+    edited = tmp_path / "edited.jsonl"  # the run is its content: edited training rows are refused ...
+    edited.write_text(Path(train_file).read_text().replace("largest city", "biggest city"))
+    with pytest.raises(ValueError, match=r"other settings \(training rows\)"):
+        run(dataclasses.replace(cfg, resume=True, train=str(edited)))
+    same = tmp_path / "same.jsonl"  # ... and the same rows through another path resume
+    same.symlink_to(train_file)
+    _, resumed = run(dataclasses.replace(cfg, resume=True, train=str(same)))
 
     a, b = load_file(Path(straight["adapter"]) / "adapter_model.safetensors"), \
         load_file(Path(resumed["adapter"]) / "adapter_model.safetensors")

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from transformers.pytorch_utils import Conv1D
 
-from archbench import families, loading, prompts, zoo
+from archbench import families, identity, loading, prompts, zoo
 from archbench.config import EvalConfig, GenConfig, RuntimeConfig, check_device
 from archbench.data import load_examples, load_pool
 from archbench.evaluate import evaluate
@@ -267,6 +267,9 @@ def _restore(job: _Job, checkpoint: Path | None) -> None:
         return
     saved = torch.load(checkpoint / "state.pt", weights_only=False)
     changed = [k for k in RESUME_KEYS if saved["settings"].get(k) != job.settings[k]]
+    before = saved["settings"].get("identity", {})
+    changed += [what for key, what in (("rows", "training rows"), ("base", "base model weights"))
+                if key in before and before[key] != job.settings["identity"][key]]
     if changed:
         raise ValueError(f"{checkpoint}: made with other settings ({', '.join(changed)}); use a new --out")
     set_peft_model_state_dict(job.peft_model, saved["adapter"])
@@ -388,6 +391,9 @@ def run(cfg: FinetuneConfig) -> tuple[torch.nn.Module, dict]:
     lm, model, target_list = _lora_model(cfg)
     data = _training_data(cfg, lm.tokenizer, state.num_processes)
     job = _prepare(cfg, state, model, data, t_start)
+    # what the run is, by content (identity.py): its training rows as rendered, and the base model's weights
+    job.settings["identity"] = {"rows": identity.digest([s.text for s in data.samples]),
+                                "base": identity.model(lm)["weights"]}
     _restore(job, checkpoint)
     _open_outputs(job)
     _train(job)

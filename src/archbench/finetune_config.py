@@ -96,8 +96,9 @@ def _checks(c: FinetuneConfig) -> list[tuple[str, bool, str]]:
 FIXED = ("model", "train", "out", "device", "db")
 # the fields a study's fine-tune `args` may set
 STUDY_ARGS = tuple(f.name for f in dataclasses.fields(FinetuneConfig) if f.name not in FIXED)
-# settings a resumed run must share with its checkpoint (the others only change logging and outputs)
-RESUME_KEYS = ("model", "train", "prompt_style", "lora_r", "lora_alpha", "lora_dropout", "target_modules",
+# settings a resumed run must share with its checkpoint (the others only change logging and outputs); the base
+# model and the training data are compared by content (the run's identity: finetune.py), not by name or path
+RESUME_KEYS = ("prompt_style", "lora_r", "lora_alpha", "lora_dropout", "target_modules",
                "epochs", "max_steps", "lr", "batch_size", "grad_accum", "max_length", "schedule", "warmup_steps",
                "max_grad_norm", "loss_on", "limit", "seed", "world_size")
 
