@@ -180,3 +180,27 @@ def test_demo_is_the_shipped_demo_study(env, monkeypatch):
     with pytest.raises(study.StudyError, match="data.eval: environment variable NO_SUCH_VAR_AB is not set"):
         study.load(write(env / "x.yaml", "name: x\nout: o\ndata: {eval: '${NO_SUCH_VAR_AB}/a'}\n"
                                          "models: [{model: m, family: rwkv}]\n"))
+
+
+def test_a_lab_stage_trains_then_reports_and_its_model_is_evaluable(tmp_path):
+    text = write(tmp_path / "t.txt", "To be, or not to be, that is the question.\n" * 60)
+    path = write(tmp_path / "lab.yaml", f"""
+name: minilab
+out: {tmp_path / "out"}
+train:
+  - {{name: g, args: {{arch: gpt2, data: text, text: {text}, width: 32, depth: 1, iters: 6, batch_size: 4,
+                      context: 16, warmup: 1, eval_every: 0, threads: 1}}}}
+models:
+  - {{model: {tmp_path / "out" / "lab" / "g"}, label: lab GPT-2, family: transformer}}
+ask:
+  - {{question: "To be", max_new_tokens: 3}}
+""")
+    lines = []
+    result = study.run_study(study=path, echo=lines.append)
+    assert [s.name for s in result["stages"]] == ["train:g", "ask:1"]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Trained from scratch (lab)" in md and "| g | gpt2 | transformer |" in md
+    assert "| lab GPT-2 |" in md  # the trained directory answered like any model (not marked untrained)
+    lines.clear()
+    study.run_study(study=path, echo=lines.append)
+    assert not any(line.startswith("== ") for line in lines)  # the trained model is done: nothing reruns

@@ -123,7 +123,10 @@ def eval_(model: List[str] = typer.Option(..., "--model", help="zoo alias, local
           engine: str = typer.Option(_R["engine"], "--engine", help="archbench (own engine) or hf (model.generate)"),
           adapter: Optional[str] = typer.Option(None, "--adapter", help="LoRA adapter directory"),
           seed: Optional[int] = typer.Option(None, "--seed", help="shot draws and generated data (task default)"),
-          compile: bool = typer.Option(_G["compile"], "--compile", help="torch.compile the decode step (CUDA)")):
+          compile: bool = typer.Option(_G["compile"], "--compile", help="torch.compile the decode step (CUDA)"),
+          device_map: Optional[str] = typer.Option(None, "--device-map", help="auto: one model over this node's GPUs"),
+          rank_timeout: float = typer.Option(_E["rank_timeout"], "--rank-timeout",
+                                             help="seconds a process waits for the others under torchrun")):
     """Evaluate models on a task (zero/few-shot), timed; writes summary.json, predictions.jsonl and the store."""
     from archbench.evaluate import evaluate
     from archbench.tables import rich_table
@@ -138,7 +141,7 @@ def eval_(model: List[str] = typer.Option(..., "--model", help="zoo alias, local
         return evaluate(EvalConfig(models=tuple(model), task=task, task_options=options,
                                    shots=tuple(_numbers(shots, "--shots", int)), trials=trials, gen=gen,
                                    runtime=_runtime(device, dtype, engine), adapter=adapter, run_dir=run_dir, db=db,
-                                   new_run=new_run))
+                                   new_run=new_run, device_map=device_map, rank_timeout=rank_timeout))
 
     summary = _call(run)
     console.print(rich_table(summary))
@@ -206,6 +209,36 @@ def bench(model: List[str] = typer.Option(..., "--model"),
         models=model, contexts=_numbers(context, "--context"), batches=_numbers(batch, "--batch"),
         new_tokens=new_tokens, engine=engine, device=device, dtype=dtype, prompt_source=prompt_source,
         min_runs=min_runs, min_seconds=min_seconds, rounds=rounds, out=out, db=db)))
+
+
+@app.command()
+def train(out: str = typer.Option(..., "--out", help="run directory; becomes the trained model's directory"),
+          arch: Optional[str] = typer.Option(None, "--arch", help="gpt2, llama, mamba, mamba2, rwkv"),
+          data: Optional[str] = typer.Option(None, "--data", help="text (character level) or mqar"),
+          text: Optional[str] = typer.Option(None, "--text", help="the text file for --data text"),
+          width: Optional[int] = None, depth: Optional[int] = None,
+          params: Optional[int] = typer.Option(None, "--params", help="match this many non-embedding parameters"),
+          context: Optional[int] = None, batch_size: Optional[int] = None, iters: Optional[int] = None,
+          lr: Optional[float] = None, warmup: Optional[int] = None, seed: Optional[int] = None,
+          mqar_vocab: Optional[int] = None, mqar_train: Optional[str] = None, mqar_test: Optional[str] = None,
+          mqar_examples: Optional[int] = None, eval_every: Optional[int] = None,
+          save_every: Optional[int] = None, threads: Optional[int] = None,
+          resume: bool = typer.Option(False, "--resume"), fast: bool = typer.Option(True, "--fast/--reference"),
+          db: Optional[str] = None):
+    """Train a model of any family from scratch (the lab): same data, tokens and budget for every family."""
+    from archbench.lab.train import TrainConfig
+    from archbench.lab.train import train as run_train
+
+    given = {k: v for k, v in dict(out=out, arch=arch, data=data, text=text, width=width, depth=depth, params=params,
+                                   context=context, batch_size=batch_size, iters=iters, lr=lr, warmup=warmup,
+                                   seed=seed, mqar_vocab=mqar_vocab, mqar_train=mqar_train, mqar_test=mqar_test,
+                                   mqar_examples=mqar_examples, eval_every=eval_every, save_every=save_every,
+                                   threads=threads, resume=resume, fast=fast, db=db).items() if v is not None}
+    result = _call(lambda: run_train(TrainConfig(**given)))
+    score = (f"val loss {result['val_loss']:.3f}" if "val_loss" in result else
+             f"MQAR accuracy {result['mqar_mean_accuracy']:.3f}" if "mqar_mean_accuracy" in result else "unfinished")
+    console.print(f"{result['arch']} {result['shape']} · {result['steps']} steps · {score} · {result['wall_s']:.0f}s "
+                  f"-> {out}", highlight=False)
 
 
 @app.command()

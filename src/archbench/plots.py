@@ -100,8 +100,8 @@ def bench_vs_context(points: list[dict]) -> bytes | None:
     return _png(fig)
 
 
-def loss_curves(runs: list[dict]) -> bytes | None:
-    """Training loss per optimiser step, one line per fine-tuning run."""
+def loss_curves(runs: list[dict], title: str = "LoRA fine-tuning") -> bytes | None:
+    """Training loss per optimiser step, one line per run."""
     runs = [r for r in runs if r["steps"]]
     if not runs:
         return None
@@ -111,7 +111,7 @@ def loss_curves(runs: list[dict]) -> bytes | None:
         ax.plot(r["steps"], r["losses"], marker="." if len(r["steps"]) < 50 else None, label=r["label"])
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("training loss")
-    ax.set_title("LoRA fine-tuning", fontsize=9)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _png(fig)

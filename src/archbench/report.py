@@ -45,7 +45,7 @@ def write_report(refs: list[tuple[str, str]], out: Path) -> list[Path]:
 def collect(refs: list[tuple[str, str]]) -> dict:
     """Everything the report shows, read from the stores: summaries, examples, points, logs, answers."""
     res = {"title": None, "studies": [], "labels": {}, "untrained": set(), "evals": [], "examples": [],
-           "prompts": {}, "bench": [], "train": [], "answers": [], "runs": []}
+           "prompts": {}, "bench": [], "train": [], "lab": [], "answers": [], "runs": []}
     for db, run_id in refs:
         with Store(db) as store:
             rows = store.db.execute("SELECT model, MAX(untrained) FROM models GROUP BY model").fetchall()
@@ -92,6 +92,11 @@ def _add_run(store: Store, run: dict, group: str, res: dict) -> None:
                                     "ok": int(top >= 1)})
     elif kind == "bench":
         res["bench"] += [{**p, "run_id": run_id} for p in store.records(run_id, "bench") if "context" in p]
+    elif kind == "train":  # a lab run: from-scratch training (lab/train.py)
+        records = {r["key"]: r for r in store.records(run_id, "train")}
+        if "result" in records:
+            log = [records[k] for k in sorted(records) if k.startswith("log-")]
+            res["lab"].append({**records["result"], "name": Path(run["config"].get("out", run_id)).name, "log": log})
     elif kind == "finetune":
         log = sorted(store.records(run_id, "train_log"), key=lambda e: e["step"])
         result = next(iter(store.records(run_id, "finetune")), {})
@@ -209,6 +214,19 @@ def bench_table(points: list[dict]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def lab_table(res: dict) -> tuple[list[str], list[list[str]]]:
+    """Models trained from scratch the same way (lab): shape, budget, and what they reached."""
+    header = ["Run", "arch", "family", "shape", "steps", "tokens", "val loss", "bits/char", "MQAR acc", "tok/s",
+              "wall s", "kernel"]
+    rows = []
+    for r in res["lab"]:
+        num = lambda key, spec, r=r: "-" if r.get(key) is None else format(r[key], spec)  # noqa: E731
+        rows.append([r["name"], r["arch"], r["family"], str(r.get("shape", "-")), str(r["steps"]), str(r["tokens"]),
+                     num("val_loss", ".3f"), num("val_bpc", ".3f"), num("mqar_mean_accuracy", ".3f"),
+                     num("tok_s", ".0f"), num("wall_s", ".0f"), str(r.get("kernel", "-"))])
+    return header, rows
+
+
 def train_table(res: dict) -> tuple[list[str], list[list[str]]]:
     header = ["Fine-tune", "base", "rows", "steps", "first loss", "final loss", "trainable params", "wall s"]
     rows = []
@@ -231,7 +249,10 @@ def _figures(res: dict) -> list[tuple[str, str, bytes]]:
             ("speed_vs_params", "Generated tokens/s vs parameters", plots.speed_vs_params(points)),
             ("bench_vs_context", "Decode latency and peak memory vs context length",
              plots.bench_vs_context(bench_points(res))),
-            ("loss_curves", "Fine-tuning loss", plots.loss_curves(train))]
+            ("loss_curves", "Fine-tuning loss", plots.loss_curves(train)),
+            ("lab_loss_curves", "Training loss from scratch vs step (same data, order and batch for every family)",
+             plots.loss_curves([{"label": f"{r['name']} ({r['family']})", "steps": [e["step"] for e in r["log"]],
+                                 "losses": [e["loss"] for e in r["log"]]} for r in res["lab"]], "from scratch"))]
     return [(name, title, png) for name, title, png in made if png]
 
 
@@ -262,6 +283,7 @@ def build(res: dict, figures: list) -> list[tuple]:
     for heading, (header, rows) in (("Base vs fine-tuned", finetune_table(points)),
                                     ("Same model, two runs (B − A)", comparison_table(points)),
                                     ("Fine-tuning runs", train_table(res)),
+                                    ("Trained from scratch (lab)", lab_table(res)),
                                     ("Efficiency sweep", bench_table(bench_points(res)))):
         if rows:
             blocks += [("h2", heading), ("table", header, rows)]

@@ -6,6 +6,7 @@ A study is planned into stages, each one call of a library function (`ask`, `eva
   eval:EVAL:MODEL             one model under one eval protocol (its own run directory)
   finetune:NAME               a LoRA run; its adapter becomes model NAME of the study
   bench:NAME                  an efficiency sweep
+  train:NAME                  a from-scratch lab run (lab/train.py); its model directory is OUT/lab/NAME
 `--only eval` selects every eval stage, `--only eval:squad` every model of that eval. A stage is done
 when its results are stored (eval: every question of every shot setting and trial; finetune:
 finetune.json; bench: every point in bench.json; ask: an answer per model), so a rerun skips it.
@@ -43,7 +44,7 @@ def _derived(cls, names: tuple[str, ...]) -> dict:
 TOP = {"name": (_STR, REQ), "description": (_STR, ""), "out": (_STR, REQ),
        **_derived(RuntimeConfig, ("device", "dtype", "engine")), "seed": (_INT, 1234), "data": ((dict,), {}),
        "models": ((list,), REQ), "ask": ((list,), []), "evals": ((list,), []), "finetune": ((list,), []),
-       "bench": ((list,), []), "report": ((dict,), {})}
+       "bench": ((list,), []), "train": ((list,), []), "report": ((dict,), {})}
 DATA = {"eval": (_STR, None), "gold": (_STR, None), "shots_from": (_STR, None), "train": (_STR, None)}
 MODEL = {"model": (_STR, REQ), "label": (_STR, None), "family": (_STR, REQ)}
 ASK = {"question": (_STR, REQ), **_derived(AskConfig, ("shots", "max_new_tokens")), "models": ((list,), None)}
@@ -58,6 +59,7 @@ FINETUNE = {"name": (_STR, REQ), "model": (_STR, REQ), "label": (_STR, None), "t
 BENCH = {"name": (_STR, REQ), "models": ((list,), REQ), "contexts": ((list,), REQ), "batches": ((list,), [1]),
          **_derived(BenchConfig, ("new_tokens", "prompt_source", "min_runs", "min_seconds", "rounds"))}
 REPORT = {"title": (_STR, None), "out": (_STR, None)}
+TRAIN = {"name": (_STR, REQ), "args": ((dict,), {})}  # a lab run: TrainConfig's fields in args
 FINETUNE_ARGS = sorted(STUDY_ARGS)  # what a study's fine-tune `args` may set
 _ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -112,7 +114,8 @@ def load(study: str, *, env: dict | None = None, out: str | None = None, need_en
     spec = _check(raw, TOP, "", fail)
     spec["data"] = _check(spec["data"], DATA, "data", fail)
     spec["report"] = _check(spec["report"], REPORT, "report", fail)
-    for key, schema in (("models", MODEL), ("ask", ASK), ("evals", EVAL), ("finetune", FINETUNE), ("bench", BENCH)):
+    for key, schema in (("models", MODEL), ("ask", ASK), ("evals", EVAL), ("finetune", FINETUNE), ("bench", BENCH),
+                        ("train", TRAIN)):
         spec[key] = [_check(item, schema, f"{key}[{i}]", fail) for i, item in enumerate(spec[key])]
     _validate(spec, fail)
     return {**spec, "path": str(path), "text": text}
@@ -187,7 +190,7 @@ def _validate(spec: dict, fail) -> None:
             if key in seen:
                 fail(f"models[{i}]", f"model or label {key!r} appears twice")
             seen.add(key)
-    for key in ("evals", "finetune", "bench"):
+    for key in ("evals", "finetune", "bench", "train"):
         names = [s["name"] for s in spec[key]]
         for i, n in enumerate(names):
             if not _NAME.match(n) or names.index(n) != i:
@@ -204,6 +207,7 @@ def _validate(spec: dict, fail) -> None:
         if ft["name"] in seen:
             fail(f"{where}.name", f"{ft['name']!r} is already a model name or label")
     _validate_evals(spec, fail)
+    _validate_train(spec, fail)
     for i, q in enumerate(spec["ask"]):
         if q["shots"] not in (0, 3):
             fail(f"ask[{i}].shots", f"free-form questions take 0 or 3 shots, got {q['shots']}")
@@ -214,6 +218,20 @@ def _validate(spec: dict, fail) -> None:
             _base(spec, ref, f"bench[{i}].models", fail)
         _list_of(b["contexts"], int, f"bench[{i}].contexts", fail, minimum=1)
         _list_of(b["batches"], int, f"bench[{i}].batches", fail, minimum=1)
+
+
+def _validate_train(spec: dict, fail) -> None:
+    if not spec["train"]:
+        return
+    import dataclasses
+
+    from archbench.lab.train import TrainConfig
+
+    known = sorted(f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("out", "db", "stop_after"))
+    for i, t in enumerate(spec["train"]):
+        for key in t["args"]:
+            if key not in known:
+                fail(f"train[{i}].args.{key}", f"not a training option (known: {', '.join(known)})")
 
 
 def _validate_evals(spec: dict, fail) -> None:
@@ -337,7 +355,21 @@ def plan(spec: dict) -> list[Stage]:
                            out=str(out / "bench" / b["name"]), db=db)
         what = f"{', '.join(ids)} at contexts {b['contexts']}, batches {b['batches']}, {b['new_tokens']} new tokens"
         benches.append(Stage(f"bench:{b['name']}", "bench", b["name"], "", what, call, call.out))
-    return asks + evals + fts + tuned + benches
+    return _train_stages(spec, out, db) + asks + evals + fts + tuned + benches
+
+
+def _train_stages(spec: dict, out: Path, db: str) -> list[Stage]:
+    """Lab runs (from-scratch training) come first: the study's models may be their output directories."""
+    if not spec["train"]:
+        return []
+    from archbench.lab.train import TrainConfig
+
+    stages = []
+    for t in spec["train"]:
+        call = TrainConfig(out=str(out / "lab" / t["name"]), db=db, **t["args"])
+        what = f"train {call.arch} from scratch on {call.data} ({', '.join(f'{k}={v}' for k, v in t['args'].items())})"
+        stages.append(Stage(f"train:{t['name']}", "train", t["name"], "", what, call, call.out))
+    return stages
 
 
 @functools.lru_cache(maxsize=32)
@@ -356,6 +388,10 @@ def _items(cfg: EvalConfig, task) -> int | None:
 
 def status(stage: Stage, store) -> tuple[bool, str]:
     """(done, note) for a stage, from the store and the files the library functions write."""
+    if stage.kind == "train":  # train.json says whether every step ran
+        result = Path(stage.out) / "train.json"
+        done = result.exists() and json.loads(result.read_text()).get("finished", False)
+        return done, "done" if done else "to do"
     if stage.kind == "finetune":  # finetune.json is written once training has finished
         done = (Path(stage.out) / "finetune.json").exists()
         return done, "done" if done else "to do"
@@ -411,6 +447,8 @@ def _library(kind: str):
         from archbench.evaluate import evaluate as fn
     elif kind == "finetune":
         from archbench.finetune import finetune as fn
+    elif kind == "train":
+        from archbench.lab.train import train as fn
     else:
         from archbench.bench import bench as fn
     return fn
