@@ -24,6 +24,11 @@ demo: install
 test: install
 	$(VENV)/bin/pytest -q
 
+# named deliberate bugs (tests/mutations.py), each applied to a temporary copy: its test must fail (minutes;
+# not part of `make test`)
+mutations: install
+	$(PY) tests/mutations.py
+
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 

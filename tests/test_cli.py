@@ -1,7 +1,7 @@
 """The thin CLI: models listing and side-by-side free-form answers on tiny models (stored)."""
 from typer.testing import CliRunner
 
-from archbench import families
+from archbench import families, loading
 from archbench.cli import app
 from archbench.store import Store
 
@@ -33,11 +33,25 @@ def test_ask_answers_side_by_side_and_stores_them(tmp_path):
     assert "You are a question answering bot" in answers[0]["prompt"]
 
 
-def test_ask_chat_needs_a_template(tmp_path):
-    result = CliRunner().invoke(app, ["ask", "--model", "tiny-mamba", "--question", "Hi?", "--chat",
-                                      "--max-new-tokens", "2", "--db", str(tmp_path / "db.sqlite")])
+def test_ask_chat_needs_a_template(tmp_path, monkeypatch):
+    args = ["ask", "--model", "tiny-mamba", "--question", "Hi?", "--chat", "--max-new-tokens", "2", "--db",
+            str(tmp_path / "db.sqlite")]
+    result = CliRunner().invoke(app, args)
     # the borrowed SmolLM2 tokenizer carries a chat template, so this runs and the prompt is templated
     assert result.exit_code == 0, result.output
     with Store(tmp_path / "db.sqlite") as store:
         (answer,) = store.records(None, "answer")
     assert answer["prompt"].startswith("<|im_start|>") and answer["prompt"].endswith("<|im_start|>assistant\n")
+
+    real = loading.load
+
+    def no_template(*a, **kw):  # the same model with a tokenizer that has no chat template
+        lm = real(*a, **kw)
+        lm.tokenizer.chat_template = None
+        return lm
+
+    monkeypatch.setattr(loading, "load", no_template)
+    result = CliRunner().invoke(app, args[:-1] + [str(tmp_path / "db2.sqlite")])
+    assert result.exit_code == 2, result.output  # refused in one line naming the option and the model
+    assert "--chat: model 'tiny-mamba' has no chat template" in result.output
+    assert "Traceback" not in result.output

@@ -9,6 +9,7 @@ ARCHBENCH_TEST_DEVICE=cuda runs the same checks on a GPU (benchmarks/gpu_check.s
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import pytest
@@ -18,9 +19,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from archbench import engine, families  # noqa: E402
 from archbench.config import GenConfig  # noqa: E402
+from archbench.families import transformer  # noqa: E402
 from archbench.generation import generate  # noqa: E402
 from archbench.loading import load  # noqa: E402
-from archbench.families import transformer  # noqa: E402
 
 MODELS = ["tiny-gpt2", "tiny-gpt-neo", "tiny-llama", "tiny-mamba", "tiny-mamba2", "tiny-rwkv"]
 NEAR_TIE = 1e-4
@@ -156,3 +157,114 @@ def test_cascade_decode_keeps_a_shared_prefix_once():
         state, _ = fam.step(lm.model, logits.argmax(-1), state)
     assert fam.state_bytes(state) == per_token * (20 + 2 * 10)
     assert state.keep.tolist() == [[0] * 4 + [1] * 6, [1] * 10]  # row 0's first 4 columns are its prefix tail
+
+
+# ------------------------------------------------------------------ rows that finish at different steps
+# The tiny random models never emit EOS by themselves, and each row generates its own tokens. So tokens that
+# some rows generate early are made EOS ids (or their texts stop strings): in the batch's state order (longest
+# prompt first) the second row ends after 2 tokens, the fourth after 5, the first after 9, and the others run
+# to the end, so the engine's finished-row removal (`Family.select`) runs with live rows on both sides of the
+# removed ones, at several steps, and (batch size 3) with the first row of a batch leaving.
+EARLY = 12  # new tokens per row in these tests
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny(name: str):
+    return load(name, device=DEVICE)
+
+
+def _early_tokens(lm, ids, batch_size: int, stop=()) -> list[list[int]]:
+    gen = GenConfig(max_new_tokens=EARLY, stop=tuple(stop), batch_size=batch_size, min_new_tokens=0)
+    out = [None] * len(ids)
+    for b in engine.run(lm, ids, gen):
+        for i, t in zip(b.rows, b.tokens):
+            out[i] = t
+    return out
+
+
+def _targets(ids) -> dict[int, int]:
+    """Row -> the number of tokens it should generate before ending early."""
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # the engine's state order in one batch
+    return {order[1]: 2, order[3]: 5, order[0]: 9}
+
+
+def _removes_a_middle_row(ids, ends: list[int]) -> bool:
+    """Whether a row leaves while a row after it in the batch's state order still runs (ends[i] = number of
+    tokens row i generates)."""
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    return any(ends[a] < max(ends[b] for b in order[n + 1:]) for n, a in enumerate(order[:-1]))
+
+
+def _eos_setting(lm, ids) -> tuple[list[int], list[list[int]]]:
+    """EOS ids that end rows early as `_targets` says, and each row's expected tokens (batch-1 engine)."""
+    free = _early_tokens(lm, ids, batch_size=1)
+    eos = sorted({free[r][n - 1] for r, n in _targets(ids).items()})
+    expected = [row[:next((k + 1 for k, t in enumerate(row) if t in eos), len(row))] for row in free]
+    assert _removes_a_middle_row(ids, [len(t) for t in expected]), (lm.name, eos, expected)
+    return eos, expected
+
+
+def test_rows_finishing_at_eos_match_batch_one(tiny_model, monkeypatch):
+    lm = _tiny(tiny_model)
+    ids = _prompts(lm)
+    eos, expected = _eos_setting(lm, ids)
+    monkeypatch.setattr(lm.model.generation_config, "eos_token_id", eos)
+    single = _early_tokens(lm, ids, batch_size=1)
+    assert single == expected, f"{tiny_model}: at batch 1 the EOS ids {eos} did not end rows where generated"
+    for bs in (len(ids), 3):
+        batched = _early_tokens(lm, ids, batch_size=bs)
+        for i in range(len(ids)):
+            assert batched[i] == single[i], (f"{tiny_model} batch size {bs}, rows ending at EOS {eos} after "
+                                             f"{[len(t) for t in single]} tokens: row {i} differs from batch 1")
+
+
+def _stop_strings(lm, free, targets) -> list[str]:
+    """A readable text of a token near each target step of its row (not a lone byte, not only spaces)."""
+    stops = []
+    for r, n in targets.items():
+        for k in (n - 1, n, n - 2, n + 1):
+            text = lm.tokenizer.decode([free[r][k]]).strip()
+            if len(text) >= 2 and "\ufffd" not in text:
+                stops.append(text)
+                break
+    return stops
+
+
+def test_rows_finishing_at_a_stop_string_match_batch_one(tiny_model):
+    lm = _tiny(tiny_model)
+    ids = _prompts(lm)
+    stops = _stop_strings(lm, _early_tokens(lm, ids, batch_size=1), _targets(ids))
+    single = _early_tokens(lm, ids, batch_size=1, stop=stops)
+    assert _removes_a_middle_row(ids, [len(r) for r in single]), (tiny_model, stops, single)
+    for i, row in enumerate(single):  # a row ends at the token whose text completes a stop string
+        if len(row) < EARLY:
+            text, before = lm.tokenizer.decode(row), lm.tokenizer.decode(row[:-1])
+            assert any(s in text and s not in before for s in stops), (tiny_model, i, stops, text)
+    for bs in (len(ids), 3):
+        batched = _early_tokens(lm, ids, batch_size=bs, stop=stops)
+        for i in range(len(ids)):
+            assert batched[i] == single[i], (f"{tiny_model} batch size {bs}, stop strings {stops} ending rows "
+                                             f"after {[len(t) for t in single]} tokens: row {i} differs from batch 1")
+
+
+@pytest.mark.parametrize("name", sorted(families.get("transformer").tiny))
+def test_rows_finishing_at_eos_match_transformers_greedy(name, monkeypatch):
+    """transformers' greedy at batch 1 with the same EOS ids is the reference (near ties allowed as above)."""
+    lm = _tiny(name)
+    ids = _prompts(lm)
+    eos, _ = _eos_setting(lm, ids)
+    monkeypatch.setattr(lm.model.generation_config, "eos_token_id", eos)
+    ours = _early_tokens(lm, ids, batch_size=len(ids))
+    for i, prompt in enumerate(ids):
+        with torch.inference_mode():
+            out = lm.model.generate(torch.tensor([prompt], device=lm.device), attention_mask=torch.ones(
+                1, len(prompt), dtype=torch.long, device=lm.device), do_sample=False, max_new_tokens=EARLY,
+                eos_token_id=eos, pad_token_id=lm.tokenizer.pad_token_id, output_logits=True,
+                return_dict_in_generate=True, temperature=None, top_p=None, top_k=None)
+        ref, logits = out.sequences[0, len(prompt):].tolist(), torch.cat(out.logits).float()
+        k = next((k for k, (a, b) in enumerate(zip(ref, ours[i])) if a != b), None)
+        if k is None:
+            assert ours[i] == ref, f"{name} row {i}: {len(ours[i])} tokens, transformers {len(ref)} (EOS {eos})"
+            continue
+        top2 = logits[k].topk(2).values
+        assert top2[0] - top2[1] <= NEAR_TIE, f"{name} row {i}: step {k} differs from transformers (EOS {eos})"
