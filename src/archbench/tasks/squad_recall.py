@@ -12,8 +12,9 @@ length counts the whole sequence the model holds: prompt tokens + the `reserve` 
 within a few tokens (so an L-token point fits an L-token window). The distractors of a question come in a
 fixed, seeded order (other paragraphs of its article first, then other articles), a length takes as many as
 fit, and their shuffle depends on (seed, question, length) only, so depths differ only in where the gold
-paragraph sits. With `jrt` the same documents are stated twice before the question (longctx.read_twice):
-the prompt is then about twice L, and is skipped when that exceeds the window. Zero-shot.
+paragraph sits (and by a token or two in where the cut paragraph ends). With `jrt` the same documents are
+stated twice before the question (longctx.read_twice): the prompt is then about twice L, and is skipped when
+that exceeds the window. Zero-shot.
 """
 from __future__ import annotations
 
@@ -27,12 +28,12 @@ from archbench import data as data_mod
 from archbench import metrics
 from archbench.config import ConfigError
 from archbench.data import Example
-from archbench.tasks import Item, Metric, Prompt, Skip
-from archbench.tasks import longctx
+from archbench.tasks import Item, Metric, Prompt, Skip, longctx
 
 METRICS = (Metric("contains", "contains"), Metric("em", "EM"), Metric("f1", "F1"),
            Metric("empty", "empty", percent=False))
 INSTRUCTION = "Read the documents below, then answer the question with a short phrase taken from them."
+REMINDER = "Answer the question with a short phrase from the documents above."  # as RULER, said again after them
 DOC_SEPARATOR = "\n\n"
 ORDER_CACHE = 64  # questions whose distractor order is kept (each is ~2k paragraph indices)
 
@@ -43,9 +44,10 @@ def default_data() -> str:
 
 
 def render(documents: Sequence[str], question: str, jrt: bool = False) -> str:
-    """The prompt: instruction, labelled documents (twice with `jrt`), question, answer cue."""
+    """The prompt: instruction, labelled documents (twice with `jrt`), reminder, question, answer cue. (Without
+    the reminder SmolLM2-135M-Instruct ended half of the prompts we tried at once, with an empty answer.)"""
     block = DOC_SEPARATOR.join(f"Document {i}:\n{text}" for i, text in enumerate(documents, start=1))
-    return f"{INSTRUCTION}\n\n{longctx.read_twice(block, jrt)}\n\nQuestion: {question}\nAnswer:"
+    return f"{INSTRUCTION}\n\n{longctx.read_twice(block, jrt)}\n\n{REMINDER}\nQuestion: {question}\nAnswer:"
 
 
 def mentions_gold(paragraph: str, golds: Sequence[str]) -> bool:
@@ -168,28 +170,32 @@ class SquadRecall:
                 return n
         return len(self.distractors(q))
 
+    def _arrange(self, item: Item, slots: list[int], cut_ids: list[int], tokenizer, keep: int) -> list[str]:
+        """The documents: the distractors `slots` in order, the last chosen one (`slots`' cut paragraph, whose
+        tokens are `cut_ids`) cut to `keep` tokens or left out at 0, the gold paragraph at its depth."""
+        cut = self.distractors(item.example)[len(slots) - 1]
+        texts = [tokenizer.decode(cut_ids[:keep]) if i == cut else self._paragraphs[i][1] for i in slots
+                 if i != cut or keep > 0]
+        at = longctx.slot(dict(item.meta)["depth"], len(texts) + 1)
+        return texts[:at] + [item.example.context] + texts[at:]
+
     def documents(self, item: Item, tokenizer, budget: int) -> list[str]:
         """The documents of `item`'s prompt, in order, filled to `budget` prompt tokens: `n` whole distractors
         and the next one cut, shuffled, the gold paragraph at its depth. When the estimate of `n` was off,
         `n` moves (one way only) until the cut paragraph is what fills the remainder."""
-        q, meta = item.example, dict(item.meta)
+        q, length = item.example, dict(item.meta)["length"]
         order, n, step = self.distractors(q), self._whole(item, tokenizer, budget), 0
         while True:
             if n >= len(order):
                 raise Skip(f"{self.name} {item.id}: only {len(order)} distractor paragraphs are free of the gold "
-                           f"answers, too few for a {meta['length']}-token point")
-            slots, cut = order[: n + 1], order[n]
-            random.Random(f"{self.seed}:{q.id}:{meta['length']}").shuffle(slots)
-            cut_ids = tokenizer(self._paragraphs[cut][1], add_special_tokens=False)["input_ids"]
+                           f"answers, too few for a {length}-token point")
+            slots = order[: n + 1]
+            random.Random(f"{self.seed}:{q.id}:{length}").shuffle(slots)
+            cut_ids = tokenizer(self._paragraphs[order[n]][1], add_special_tokens=False)["input_ids"]
 
-            def arrange(keep: int) -> list[str]:
-                texts = [self._paragraphs[i][1] if i != cut else tokenizer.decode(cut_ids[:keep]) for i in slots
-                         if i != cut or keep > 0]
-                at = longctx.slot(meta["depth"], len(texts) + 1)  # the cut paragraph may be left out
-                return texts[:at] + [q.context] + texts[at:]
-
-            def tokens(keep: int) -> int:
-                return longctx.count_tokens(tokenizer, render(arrange(keep), q.question))
+            def tokens(keep: int, slots=slots, cut_ids=cut_ids) -> int:
+                docs = self._arrange(item, slots, cut_ids, tokenizer, keep)
+                return longctx.count_tokens(tokenizer, render(docs, q.question))
 
             keep = fill(tokens, len(cut_ids), budget)
             if keep is None and step <= 0 and n > 0:  # over even without the cut paragraph: one fewer
@@ -199,7 +205,7 @@ class SquadRecall:
             elif keep is None:
                 raise Skip(f"{self.name} {item.id}: no arrangement of the documents fits {budget} prompt tokens")
             else:
-                return arrange(keep)
+                return self._arrange(item, slots, cut_ids, tokenizer, keep)
 
     def build(self, item: Item, shots: Sequence[Example], tokenizer, window: int | None, reserve: int) -> Prompt:
         if shots:
