@@ -6,7 +6,7 @@ export ARCHBENCH_DATA ?= $(abspath ../shared/data/squad)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test lint mutations clean
+.PHONY: install demo test test-all lint mutations clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,6 +22,9 @@ demo: install
 	$(VENV)/bin/archbench demo --out runs/demo
 
 test: install
+	$(VENV)/bin/pytest -q -m "not slow"
+
+test-all: install
 	$(VENV)/bin/pytest -q
 
 # named deliberate bugs (tests/mutations.py), each applied to a temporary copy: its test must fail (minutes;

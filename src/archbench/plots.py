@@ -72,6 +72,87 @@ def speed_vs_params(points: list[dict]) -> bytes | None:
                     logy=True)
 
 
+def _bench_panel(ax, points: list[dict], key: str, ylabel: str) -> None:
+    lines: dict[tuple, list[dict]] = {}
+    for p in points:
+        if p.get(key):
+            lines.setdefault((p["label"], p["family"], p["untrained"], p["batch"]), []).append(p)
+    for (label, family, untrained, batch), ps in lines.items():
+        ps.sort(key=lambda p: p["context"])
+        ax.plot([p["context"] for p in ps], [p[key] for p in ps], marker="o", color=family_color(family),
+                linestyle="--" if untrained else "-", markerfacecolor="none" if untrained else None,
+                label=f"{label} b={batch}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
+    if lines:
+        ax.legend(fontsize=6, loc="best")
+
+
+def _recall_panel(ax, points: list[dict]) -> None:
+    """Mean score per model against the context size, shaded from the lowest to the highest depth / trial."""
+    lines: dict[tuple, dict[float, list[float]]] = {}
+    for p in points:
+        lines.setdefault((p["label"], p["family"], p["untrained"]), {}).setdefault(p["x"], []).append(p["score"])
+    for (label, family, untrained), by_x in lines.items():
+        xs = sorted(by_x)
+        mean = [sum(by_x[x]) / len(by_x[x]) for x in xs]
+        ax.plot(xs, mean, marker="o", color=family_color(family), linestyle="--" if untrained else "-",
+                markerfacecolor="none" if untrained else None, label=label)
+        ax.fill_between(xs, [min(by_x[x]) for x in xs], [max(by_x[x]) for x in xs], color=family_color(family),
+                        alpha=0.15)
+    ax.set_xscale("log")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel(points[0]["x_label"])
+    ax.set_ylabel(points[0]["metric"])
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6, loc="best")
+
+
+def recall_beside_cost(recall: list[dict], bench: list[dict]) -> bytes | None:
+    """Side by side for the same models: recall vs context (one panel per task) and decode latency vs context."""
+    tasks = list(dict.fromkeys(p["task"] for p in recall))
+    bench = [p for p in bench if p.get("status", "ok") == "ok" and p.get("context")]
+    if not tasks:
+        return None
+    fig = Figure(figsize=(4.5 * (len(tasks) + bool(bench)), 3.8))
+    for i, task in enumerate(tasks):
+        ax = fig.add_subplot(1, len(tasks) + bool(bench), i + 1)
+        _recall_panel(ax, [p for p in recall if p["task"] == task])
+        ax.set_title(task, fontsize=9)
+    if bench:
+        ax = fig.add_subplot(1, len(tasks) + 1, len(tasks) + 1)
+        _bench_panel(ax, bench, "decode_ms_median", "decode latency (ms/token, median)")
+        ax.set_title("cost of the same context", fontsize=9)
+    return _png(fig)
+
+
+def depth_heatmaps(points: list[dict]) -> bytes | None:
+    """Per model and task: score over depth (rows) x context size (columns), mean over trials."""
+    panels = list(dict.fromkeys((p["task"], p["label"]) for p in points if p.get("depth") is not None))
+    if not panels:
+        return None
+    fig = Figure(figsize=(3.2 * min(len(panels), 4), 2.8 * (-(-len(panels) // 4))))
+    for i, (task, label) in enumerate(panels):
+        ps = [p for p in points if (p["task"], p["label"]) == (task, label)]
+        xs, ds = sorted({p["x"] for p in ps}), sorted({p["depth"] for p in ps})
+        grid = [[_mean([p["score"] for p in ps if p["x"] == x and p["depth"] == d]) for x in xs] for d in ds]
+        ax = fig.add_subplot(-(-len(panels) // 4), min(len(panels), 4), i + 1)
+        ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
+        ax.set_xticks(range(len(xs)), [str(x) for x in xs], fontsize=6)
+        ax.set_yticks(range(len(ds)), [str(d) for d in ds], fontsize=6)
+        ax.set_xlabel(ps[0]["x_label"], fontsize=7)
+        ax.set_ylabel("depth", fontsize=7)
+        ax.set_title(f"{label}\n{task}", fontsize=7)
+    return _png(fig)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
 def bench_vs_context(points: list[dict]) -> bytes | None:
     """Decode latency per token and peak memory against context length, one line per model and batch."""
     points = [p for p in points if p.get("status", "ok") == "ok" and p.get("context")]
@@ -80,23 +161,7 @@ def bench_vs_context(points: list[dict]) -> bytes | None:
     fig = Figure(figsize=(9, 3.8))
     panels = (("decode_ms_median", "decode latency (ms/token, median)"), ("peak_mem_mb", "peak memory (MB)"))
     for i, (key, ylabel) in enumerate(panels):
-        ax = fig.add_subplot(1, 2, i + 1)
-        lines: dict[tuple, list[dict]] = {}
-        for p in points:
-            if p.get(key):
-                lines.setdefault((p["label"], p["family"], p["untrained"], p["batch"]), []).append(p)
-        for (label, family, untrained, batch), ps in lines.items():
-            ps.sort(key=lambda p: p["context"])
-            ax.plot([p["context"] for p in ps], [p[key] for p in ps], marker="o", color=family_color(family),
-                    linestyle="--" if untrained else "-", markerfacecolor="none" if untrained else None,
-                    label=f"{label} b={batch}")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("context length (tokens)")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3, which="both")
-        if lines:
-            ax.legend(fontsize=6, loc="best")
+        _bench_panel(fig.add_subplot(1, 2, i + 1), points, key, ylabel)
     return _png(fig)
 
 

@@ -196,6 +196,24 @@ def comparison_table(points: list[dict]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def recall_points(res: dict) -> list[dict]:
+    """Per eval result of a task broken down by a context size (length, entries): its headline score."""
+    points = []
+    for ev in res["evals"]:
+        spec = ev["summary"]["task"]
+        size = next((k for k in spec["breakdown"] if k in ("length", "entries")), None)
+        if size is None:
+            continue
+        by_name = {m["name"]: m for m in spec["metrics"]}
+        metric = next(by_name[c] for c in spec.get("columns") or by_name if by_name[c]["percent"])
+        for r in ev["summary"]["results"]:
+            points.append({"task": f"{spec['name']} ({ev['group']})", "label": label(res, r["model"]),
+                           "family": r["family"], "untrained": r["model"] in res["untrained"],
+                           "x": r["group"][size], "x_label": f"{size} (tokens)" if size == "length" else size,
+                           "depth": r["group"].get("depth"), "score": r[metric["name"]], "metric": metric["label"]})
+    return points
+
+
 def bench_points(res: dict) -> list[dict]:
     return [{**p, "label": label(res, p["model"]), "untrained": p["model"] in res["untrained"] or
              bool(p.get("untrained"))} for p in res["bench"]]
@@ -249,6 +267,10 @@ def _figures(res: dict) -> list[tuple[str, str, bytes]]:
             ("speed_vs_params", "Generated tokens/s vs parameters", plots.speed_vs_params(points)),
             ("bench_vs_context", "Decode latency and peak memory vs context length",
              plots.bench_vs_context(bench_points(res))),
+            ("recall_vs_context", "Recall vs context size (shaded: spread over depths and trials), beside decode "
+                                  "latency vs context of the same models", plots.recall_beside_cost(
+                                      recall_points(res), bench_points(res))),
+            ("recall_heatmaps", "Recall by depth x context size, per model", plots.depth_heatmaps(recall_points(res))),
             ("loss_curves", "Fine-tuning loss", plots.loss_curves(train)),
             ("lab_loss_curves", "Training loss from scratch vs step (same data, order and batch for every family)",
              plots.loss_curves([{"label": f"{r['name']} ({r['family']})", "steps": [e["step"] for e in r["log"]],

@@ -41,25 +41,29 @@ def cells(spec: dict, agg: dict, n: int) -> list[str]:
     return out
 
 
-def settings_of(points: list[dict]) -> list[tuple]:
-    """The (shots, breakdown group) settings of points, sorted."""
-    return sorted(set((p["agg"]["shots"], _key(p["agg"]["group"])) for p in points), key=lambda s: (s[0], s[1]))
+def settings_of(points: list[dict]) -> list[int]:
+    """The shot settings of points, sorted."""
+    return sorted({p["agg"]["shots"] for p in points})
 
 
 def eval_table(spec: dict, points: list[dict], first: tuple[str, ...] = ("Model",),
-               settings: list[tuple] | None = None) -> tuple[list, list]:
-    """Header and rows for points (each: label, agg, n, and the `first` columns' values by lower-case key);
-    one column group per setting (default: the points' own)."""
+               settings: list[int] | None = None) -> tuple[list, list]:
+    """Header and rows for points (each: label, agg, n, and the `first` columns' values by lower-case key):
+    one row per model (and breakdown group, e.g. context length, in columns of its own), one column group per
+    shot setting (default: the points' own)."""
     settings = settings or settings_of(points)
-    head = list(first)
+    breakdown = list(spec.get("breakdown") or [])
+    head = list(first) + breakdown
     width = len(header(spec, ""))
-    for shots, group in settings:
-        head += header(spec, setting_label(shots, dict(group)))
-    rows: dict[str, list[str]] = {}
-    for p in points:
-        lead = [str(p["label" if c == "Model" else c.lower()]) for c in first]
-        row = rows.setdefault(p["label"], lead + ["-"] * (len(head) - len(first)))
-        at = len(first) + settings.index((p["agg"]["shots"], _key(p["agg"]["group"]))) * width
+    for shots in settings:
+        head += header(spec, setting_label(shots, {}))
+    rows: dict[tuple, list[str]] = {}
+    order = {label: i for i, label in enumerate(dict.fromkeys(p["label"] for p in points))}
+    for p in sorted(points, key=lambda p: (order[p["label"]], [p["agg"]["group"].get(k) for k in breakdown])):
+        group = p["agg"]["group"]
+        lead = [str(p["label" if c == "Model" else c.lower()]) for c in first] + [str(group.get(k)) for k in breakdown]
+        row = rows.setdefault((p["label"], _key(group)), lead + ["-"] * (len(head) - len(lead)))
+        at = len(lead) + settings.index(p["agg"]["shots"]) * width
         row[at:at + width] = cells(spec, p["agg"], p["n"])
     return head, list(rows.values())
 

@@ -55,7 +55,7 @@ class Family:
 
     def attention_layers(self, config) -> list[int]:
         """Indices of the layers that keep a KV cache (their memory grows with context)."""
-        return [i for i, kind in enumerate(self.layer_kinds(config)) if kind == "attention"]
+        return [i for i, kind in enumerate(self.layer_kinds(config)) if "attention" in kind.split("+")]
 
     def context_window(self, config) -> int | None:
         """Tokens a prompt may have: the position limit of a model with attention layers, None otherwise."""
