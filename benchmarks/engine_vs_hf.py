@@ -9,7 +9,7 @@ against the measured matmul rate of each path (torch.mm, and oneDNN with a prepa
 AMD EPYC the latter is ~2x faster, so it is the hardware limit to compare with), and decode bytes/s against
 the measured copy bandwidth.
 
-    PYTHONPATH=src python benchmarks/engine_vs_hf.py --models tiny-gpt2 tiny-mamba tiny-rwkv smollm2-135m
+    PYTHONPATH=src python benchmarks/engine_vs_hf.py --models tiny-gpt2 tiny-mamba tiny-rwkv tiny-bamba smollm2-135m
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def roof(lm, results, ids, shp, state) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["tiny-gpt2", "tiny-mamba", "tiny-rwkv", "smollm2-135m"])
+    ap.add_argument("--models", nargs="+", default=["tiny-gpt2", "tiny-mamba", "tiny-rwkv", "tiny-bamba", "smollm2-135m"])
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--shots", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=8)

@@ -144,6 +144,10 @@ def eval_(model: List[str] = typer.Option(..., "--model", help="zoo alias, local
                                    new_run=new_run, device_map=device_map, rank_timeout=rank_timeout))
 
     summary = _call(run)
+    from archbench import distributed
+
+    if not distributed.is_main():  # under torchrun every rank returns the summary; rank 0 prints it
+        return
     console.print(rich_table(summary))
     if summary.get("skipped"):
         console.print(f"{summary['skipped']} items skipped (longer than a model's window; reasons in the store)")

@@ -85,9 +85,16 @@ class EvalConfig:
     run_dir: str = "runs/eval"
     db: str = DEFAULT_DB
     new_run: bool = False  # start a new run in run_dir even if one of other content is stored there
+    device_map: str | None = None  # "auto": accelerate spreads each model over this node's devices
+    rank_timeout: float = 1800.0  # seconds a process waits for the others (torchrun) before it gives up
+    unit_batches: int = 4  # batches per unit of work shared out among processes
 
     def __post_init__(self):
         _need(len(self.models) > 0, "--model", "at least one model is needed")
+        _need(self.device_map in (None, "auto", "balanced", "balanced_low_0", "sequential"), "--device-map",
+              f"{self.device_map!r} is not one of auto, balanced, balanced_low_0, sequential")
+        _need(self.rank_timeout > 0, "--rank-timeout", f"must be > 0 seconds, got {self.rank_timeout}")
+        _need(self.unit_batches >= 1, "unit_batches", f"must be >= 1, got {self.unit_batches}")
         _need(len(self.shots) > 0 and min(self.shots) >= 0, "--shots", f"shot counts must be >= 0, got {self.shots}")
         _need(self.trials >= 1, "--trials", f"must be >= 1, got {self.trials}")
         limit = self.task_options.get("limit")

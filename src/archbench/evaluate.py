@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import socket
 import time
-from dataclasses import asdict, dataclass
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from archbench import identity, loading, tasks
+from archbench import distributed, identity, loading, tasks
 from archbench.config import EvalConfig, GenConfig, check_device
 from archbench.generation import generate
 from archbench.store import Store
@@ -85,7 +88,8 @@ def run_config(cfg: EvalConfig, task, wanted: dict) -> dict:
     return {"models": list(cfg.models), **task.identity(), "shots": list(cfg.shots), "trials": cfg.trials,
             "identity": {k: v for k, v in wanted.items() if k != "rows"},
             "batch_size": cfg.gen.batch_size, "max_new_tokens": cfg.gen.max_new_tokens, "stop": list(cfg.gen.stop),
-            "compile": cfg.gen.compile, **asdict(cfg.runtime), "adapter": cfg.adapter,
+            "compile": cfg.gen.compile, **asdict(cfg.runtime), "adapter": cfg.adapter, "device_map": cfg.device_map,
+            "unit_batches": cfg.unit_batches,
             "task_spec": task_spec(task)}
 
 
@@ -97,66 +101,152 @@ def task_spec(task) -> dict:
 
 @dataclass
 class _Run:
-    """One eval run in progress: what every stage of the loop needs."""
+    """One eval run in progress: what every stage of the loop needs (store and live file: the writer only)."""
 
     cfg: EvalConfig
     task: object
-    store: Store
-    live: object  # predictions.jsonl, appended per batch
+    store: Store | None
+    live: object  # predictions.jsonl, appended per batch (one process; several write shards instead)
     run_id: str
     shot_sets: dict
+    ranks: distributed.Ranks
+    start: dict  # what rank 0 found stored at the start: done ids and skipped keys, the attempt id
+    plan: list = field(default_factory=list)  # every rank's units, in plan order (the merge order)
+    loads: list = field(default_factory=list)  # estimated work handed to each rank so far
+    stats: dict = field(default_factory=dict)  # this rank's timing and token counts
 
 
 def evaluate(cfg: EvalConfig) -> dict:
-    """Evaluate every model x shot setting x trial on the task; returns the summary (also in run_dir)."""
+    """Evaluate every model x shot setting x trial on the task; returns the summary (also in run_dir).
+    Under torchrun / accelerate launch every process runs this; the units are shared out (distributed.py)."""
     check_device(cfg.runtime.device)
+    ranks = distributed.ranks(cfg.rank_timeout)
     task = tasks.make(cfg.task, **cfg.task_options)
     run_path = Path(cfg.run_dir)
     items = task.items()
     shot_sets = {(k, t): task.shots(k, t) for k in cfg.shots if k > 0 for t in range(cfg.trials)}  # fail early
     wanted = run_identity(cfg, task, items, shot_sets)
-    run_id = _open_run(run_path, wanted, cfg.new_run)
-    with Store(cfg.db) as store, open(run_path / "predictions.jsonl", "a") as live:
-        store.ensure_run(run_id, "eval", run_config(cfg, task, wanted), environment(cfg.runtime.device))
-        run = _Run(cfg, task, store, live, run_id, shot_sets)
+    with ExitStack() as stack:
+        store = stack.enter_context(Store(cfg.db)) if ranks.main else None
+        mine = _start(cfg, task, wanted, store, ranks.world) if ranks.main else None
+        start = distributed.broadcast(ranks, mine, "start")
+        if "error" in start:
+            raise ValueError(start["error"])
+        _check_shared(ranks, run_path, start["attempt"])
+        live = stack.enter_context(open(run_path / "predictions.jsonl", "a")) if store and ranks.world == 1 else None
+        run = _Run(cfg, task, store, live, start["run_id"], shot_sets, ranks, start, loads=[0.0] * ranks.world,
+                   stats={"rank": ranks.rank, "host": socket.gethostname(), "device": _device(cfg, ranks)})
+        t0 = time.perf_counter()
         for name in cfg.models:
             _evaluate_model(run, name, items)
-        return _write_outputs(store, run_id, run_path)
+        run.stats["wall_s"] = time.perf_counter() - t0
+        stats = distributed.gather(ranks, run.stats, "waiting for every process to finish its units")
+        summary = _finish(run, stats) if ranks.main else None
+    return distributed.broadcast(ranks, summary, "sharing the summary")
+
+
+def _start(cfg: EvalConfig, task, wanted: dict, store: Store, world: int) -> dict:
+    """Rank 0: open the run, merge the shards an interrupted run left, and say what is stored."""
+    run_path = Path(cfg.run_dir)
+    try:
+        run_id = _open_run(run_path, wanted, cfg.new_run)
+    except ValueError as err:
+        return {"error": str(err)}
+    distributed.merge(store, run_id, distributed.leftovers(run_path))
+    store.ensure_run(run_id, "eval", run_config(cfg, task, wanted), environment(cfg.runtime.device))
+    done: dict[str, list] = {}
+    for r in store.db.execute("SELECT model, shots, trial, example_id FROM predictions WHERE run_id=?", (run_id,)):
+        done.setdefault(f"{r[0]}|{r[1]}|{r[2]}", []).append(r[3])
+    skipped = [r["key"] for r in store.records(run_id, "skipped")]
+    attempt = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    if world > 1:  # the other ranks check that they see it
+        distributed.append(run_path / distributed.SHARDS / distributed.ATTEMPT, {"attempt": attempt})
+    return {"run_id": run_id, "done": done, "skipped": skipped, "attempt": attempt}
+
+
+def _check_shared(ranks: distributed.Ranks, run_path: Path, attempt: str) -> None:
+    """Every rank must see rank 0's files: the shards reach the writer through the run directory."""
+    if ranks.main:
+        return
+    seen = run_path / distributed.SHARDS / distributed.ATTEMPT
+    if not seen.exists() or attempt not in seen.read_text():
+        raise ValueError(f"--run-dir {run_path}: rank {ranks.rank} does not see rank 0's files there; on several "
+                         "nodes the run directory must be on a file system every node shares")
+
+
+def _finish(run: _Run, stats: list[dict]) -> dict:
+    """Rank 0, after every rank is done: merge the shards in plan order, store the processes' timing, write
+    summary.json and predictions.jsonl."""
+    run_path = Path(run.cfg.run_dir)
+    shards = [distributed.shard_path(run_path, u) for u in run.plan]
+    distributed.merge(run.store, run.run_id, shards + distributed.leftovers(run_path))
+    distributed.tidy(run_path)
+    run.store.put(run.run_id, "processes", run.start["attempt"],
+                  {"world": run.ranks.world, "device_map": run.cfg.device_map, "ranks": stats})
+    return _write_outputs(run.store, run.run_id, run_path)
+
+
+def _device(cfg: EvalConfig, r: distributed.Ranks) -> str:
+    """One device per process: cuda becomes cuda:LOCAL_RANK under several processes."""
+    device = cfg.runtime.device
+    if cfg.device_map and r.local_world > 1:
+        raise ValueError(f"--device-map {cfg.device_map}: spreads one model over this node's devices, so run "
+                         f"one process per node (this node runs {r.local_world})")
+    return f"cuda:{r.local_rank}" if device == "cuda" and r.world > 1 else device
 
 
 def _evaluate_model(run: _Run, name: str, items: list) -> None:
     rt = run.cfg.runtime
-    lm = loading.load(name, device=rt.device, dtype=rt.dtype, adapter=run.cfg.adapter)
-    digests = _check_model(Path(run.cfg.run_dir), lm)
-    run.store.add_model(run.run_id, lm)
-    run.store.put(run.run_id, "model_identity", lm.name, digests)
-    warmed = False
+    lm = loading.load(name, device=run.stats["device"], dtype=rt.dtype, adapter=run.cfg.adapter,
+                      device_map=run.cfg.device_map)
+    if run.store is not None:
+        digests = _check_model(Path(run.cfg.run_dir), lm)
+        run.store.add_model(run.run_id, lm)
+        run.store.put(run.run_id, "model_identity", lm.name, digests)
+        if run.cfg.device_map:
+            placement = {k: str(v) for k, v in (getattr(lm.model, "hf_device_map", None) or {}).items()}
+            run.store.put(run.run_id, "device_map", lm.name, {"device_map": run.cfg.device_map, "layers": placement})
+    units = _plan(run, lm, items)
+    owner = distributed.assign([u.cost for u in units], run.ranks.world, run.loads)
+    mine = [u for u, rank in zip(units, owner) if rank == run.ranks.rank]
+    if mine:
+        _warm_up(lm, mine[0].pairs[0][1].text, run.cfg.gen, rt.engine)
+    for unit in mine:
+        _generate_unit(run, lm, unit)
+    run.plan.extend(units)
+
+
+def _plan(run: _Run, lm, items: list) -> list[distributed.Unit]:
+    """The model's units still to do, identical on every rank (built from rank 0's start snapshot)."""
+    units, skipped = [], set(run.start["skipped"])
     for k in run.cfg.shots:
         for trial in range(run.cfg.trials if k > 0 else 1):
-            done = run.store.done_ids(run.run_id, lm.name, k, trial)
-            skipped = {r["key"] for r in run.store.records(run.run_id, "skipped")}
+            done = set(run.start["done"].get(f"{lm.name}|{k}|{trial}", ()))
             todo = [it for it in items if it.id not in done and f"{lm.name}|{k}|{trial}|{it.id}" not in skipped]
             if not todo:
                 continue
-            prompts = _build(run, lm, todo, run.shot_sets.get((k, trial), []), (k, trial))
-            if prompts and not warmed:
-                _warm_up(lm, prompts[0][1].text, run.cfg.gen, rt.engine)
-                warmed = True
-            for group in _groups(run.task, prompts):
-                _generate_group(run, lm, (k, trial), group, len(done))
+            pairs = _build(run, lm, todo, run.shot_sets.get((k, trial), []), (k, trial))
+            for group in _groups(run.task, pairs):
+                for chunk in distributed.chunks(group, run.cfg.gen.batch_size, run.cfg.unit_batches):
+                    cost = lm.params * sum(p.n_tokens + run.cfg.gen.max_new_tokens for _, p in chunk)
+                    units.append(distributed.Unit(lm.name, k, trial, chunk, float(cost), len(run.plan) + len(units)))
+    return units
 
 
 def _build(run: _Run, lm, todo: list, shots: list, setting: tuple[int, int]) -> list[tuple]:
-    """(item, prompt) for every item the model can take; the others are recorded as skipped with the reason."""
+    """(item, prompt) for every item the model can take; the others are recorded (by the writer) as skipped
+    with the reason."""
     out = []
     for item in todo:
         try:
             out.append((item, run.task.build(item, shots, lm.tokenizer, lm.max_len, run.cfg.gen.max_new_tokens)))
         except tasks.Skip as why:
+            if run.store is None:
+                continue
             key = f"{lm.name}|{setting[0]}|{setting[1]}|{item.id}"
             run.store.put(run.run_id, "skipped", key, {"model": lm.name, "shots": setting[0], "trial": setting[1],
                                                        "id": item.id, "meta": dict(item.meta), "reason": str(why)})
-    if len(out) < len(todo):
+    if len(out) < len(todo) and run.ranks.main:
         print(f"{lm.name}: {len(todo) - len(out)} of {len(todo)} items skipped (recorded with their reasons)")
     return out
 
@@ -190,30 +280,46 @@ def _rows(run: _Run, batch, group: list[tuple], shot_count: int) -> list[dict]:
     return rows
 
 
-def _generate_group(run: _Run, lm, setting: tuple[int, int], group: list[tuple], already: int) -> None:
-    k, trial = setting
-    meta = dict(group[0][0].meta)
+def _generate_unit(run: _Run, lm, unit: distributed.Unit) -> None:
+    meta = dict(unit.pairs[0][0].meta)
     where = "".join(f" {key}={meta.get(key)}" for key in run.task.breakdown)
+    who = f"[{run.ranks.rank}/{run.ranks.world}] " if run.ranks.world > 1 else ""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, transient=False) as bar:
-        task = bar.add_task(f"{lm.name} {k}-shot trial {trial}{where}", total=len(group) + already,
-                            completed=already)
-        stream = generate(lm, [p.text for _, p in group], run.cfg.gen, run.cfg.runtime.engine)
+        task = bar.add_task(f"{who}{lm.name} {unit.shots}-shot trial {unit.trial}{where}", total=len(unit.pairs))
+        stream = generate(lm, [p.text for _, p in unit.pairs], run.cfg.gen, run.cfg.runtime.engine)
         while True:
             with MemoryTracker(lm.device) as mem, Timer(lm.device) as wall:
                 batch = next(stream, None)
             if batch is None:
                 break
-            rows = _rows(run, batch, group, k)
-            run.store.add_batch(run.run_id, lm.name, k, trial, rows, {
+            rows = _rows(run, batch, unit.pairs, unit.shots)
+            _commit(run, unit, rows, {
                 "n": len(rows), "prefill_tokens": batch.prefill_tokens, "decode_tokens": batch.decode_tokens,
                 "new_tokens": sum(c.new_tokens for c in batch.completions),
                 "chars": sum(len(c.raw) for c in batch.completions), "prefill_s": batch.prefill_s,
                 "decode_s": batch.decode_s, "wall_s": wall.result.seconds, "peak_mem_mb": mem.result.peak_mb,
-                "info": {**batch.info, "memory": asdict(mem.result), "group": meta_key(meta, run.task.breakdown)}})
-            run.live.writelines(_line(r["id"], lm.name, k, trial, r) for r in rows)
-            run.live.flush()
+                "info": {**batch.info, "memory": asdict(mem.result), "group": meta_key(meta, run.task.breakdown),
+                         "rank": run.ranks.rank, "world": run.ranks.world, "attempt": run.start["attempt"]}})
             bar.advance(task, len(rows))
+
+
+def _commit(run: _Run, unit: distributed.Unit, rows: list[dict], batch: dict) -> None:
+    """A finished batch to the store (one process) or to its unit's shard (several); counted for the rank."""
+    if run.ranks.world == 1:
+        run.store.add_batch(run.run_id, unit.model, unit.shots, unit.trial, rows, batch)
+        run.live.writelines(_line(r["id"], unit.model, unit.shots, unit.trial, r) for r in rows)
+        run.live.flush()
+    else:
+        distributed.append(distributed.shard_path(Path(run.cfg.run_dir), unit),
+                           {"model": unit.model, "shots": unit.shots, "trial": unit.trial, "rows": rows,
+                            "batch": batch})
+    s = run.stats
+    for key in ("n", "prefill_tokens", "decode_tokens", "new_tokens", "prefill_s", "decode_s"):
+        s[key] = s.get(key, 0) + batch[key]
+    s["batches"] = s.get("batches", 0) + 1
+    s["gen_s"] = s.get("gen_s", 0.0) + batch["wall_s"]
+    distributed.fault(run.ranks, s["batches"])
 
 
 def meta_key(meta: dict, breakdown) -> dict:

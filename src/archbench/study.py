@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from archbench import families
+from archbench import distributed, families
 from archbench.bench_config import BenchConfig
 from archbench.config import AskConfig, EvalConfig, GenConfig, RuntimeConfig, defaults, field_types
 from archbench.finetune_config import STUDY_ARGS, FinetuneConfig
@@ -324,8 +324,10 @@ def plan(spec: dict) -> list[Stage]:
             slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", ft["name"] if ft else label)
             run_dir = out / "eval" / ev["name"] / slug
             adapter = str(out / "finetune" / ft["name"]) if ft else None
-            options = {"data": ev["data"] or data["eval"], "shots_from": ev["shots_from"] or data["shots_from"],
-                       "gold": ev["gold"] or data["gold"], "prompt_style": style, "seed": spec["seed"],
+            shared = data if ev["task"] == "squad" else {}  # the study's SQuAD files are SQuAD's defaults only
+            options = {"data": ev["data"] or shared.get("eval"), "shots_from": ev["shots_from"] or
+                       shared.get("shots_from"), "gold": ev["gold"] or shared.get("gold"), "prompt_style": style,
+                       "seed": spec["seed"],
                        **{k: tuple(ev[k]) if isinstance(ev[k], list) else ev[k] for k in TASK_OPTIONS}}
             gen = GenConfig(batch_size=ev["batch_size"], max_new_tokens=ev["max_new_tokens"], stop=tuple(ev["stop"]))
             call = EvalConfig(models=(base["model"],), task=ev["task"], shots=tuple(ev["shots"]), trials=ev["trials"],
@@ -454,6 +456,16 @@ def _library(kind: str):
     return fn
 
 
+def _run_stages(todo: list[Stage], echo) -> None:
+    """Each stage's library call. Under several processes: evals share out their units (distributed.py),
+    fine-tuning and training run as DDP, ask and bench run on rank 0 only."""
+    for s in todo:
+        if s.kind not in ("eval", "finetune", "train") and not distributed.is_main():
+            continue
+        echo(f"== {s.name}: {s.what}")
+        _library(s.kind)(s.call)
+
+
 def run_study(*, study: str, dry_run: bool = False, only: list[str] | None = None, env: dict | None = None,
               out: str | None = None, echo=print) -> dict:
     """Run (or with dry_run, list) the stages of a study that are not done yet, then write its report."""
@@ -484,13 +496,12 @@ def run_study(*, study: str, dry_run: bool = False, only: list[str] | None = Non
         echo(f"   report: {report_out}/report.md, {report_out}/report.html")
         if dry_run:
             return {"spec": spec, "stages": stages, "status": states, "report": []}
-        store.ensure_run(study_id, "study", {"path": spec["path"]}, environment(spec["device"]))
-        store.put(study_id, "study", "config", spec)
-    for s in chosen:
-        if states[s.name][0]:
-            continue
-        echo(f"== {s.name}: {s.what}")
-        _library(s.kind)(s.call)
+        if distributed.is_main():  # under torchrun / accelerate only rank 0 writes the store and the report
+            store.ensure_run(study_id, "study", {"path": spec["path"]}, environment(spec["device"]))
+            store.put(study_id, "study", "config", spec)
+    _run_stages([s for s in chosen if not states[s.name][0]], echo)
+    if not distributed.is_main():
+        return {"spec": spec, "stages": stages, "status": states, "report": []}
     from archbench.report import write_report
 
     with Store(db_path(spec)) as store:  # the report reads the plan and what is done from the store

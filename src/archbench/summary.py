@@ -3,6 +3,7 @@
 One result per model x shots x trial x breakdown group (e.g. context length): the mean of every metric the
 task declares (a count for metrics that are not rates), tokens, and the batches' timing; aggregates give the
 mean and spread over trials. Runs stored before tasks existed were SQuAD runs and get SQuAD's metrics.
+`processes` says how many processes ran an eval (distributed.py) and its throughput over the slowest rank.
 """
 from __future__ import annotations
 
@@ -79,8 +80,22 @@ def summarize(store: Store, run_id: str) -> dict:
     results.sort(key=lambda r: (order.index(r["model"]) if r["model"] in order else len(order), r["shots"],
                                 json.dumps(r["group"], sort_keys=True), r["trial"]))
     skipped = store.records(run_id, "skipped")
-    return {"run_id": run_id, "env": run["env"], "config": run["config"], "task": spec, "results": results,
-            "aggregates": aggregate(results, spec), "skipped": len(skipped)}
+    out = {"run_id": run_id, "env": run["env"], "config": run["config"], "task": spec, "results": results,
+           "aggregates": aggregate(results, spec), "skipped": len(skipped)}
+    attempts = store.records(run_id, "processes")
+    return {**out, "processes": processes(attempts)} if attempts else out
+
+
+def processes(attempts: list[dict]) -> dict:
+    """How many processes ran (per attempt: a resumed run may change the count), each rank's timing, and
+    throughput as all ranks' tokens over the slowest rank's wall time (summed over attempts)."""
+    ranks = [r for a in attempts for r in a["ranks"]]
+    slowest = sum(max(r.get("wall_s", 0.0) for r in a["ranks"]) for a in attempts)
+    tokens = {k: sum(r.get(k, 0) for r in ranks) for k in ("prefill_tokens", "decode_tokens", "new_tokens")}
+    return {"world": [a["world"] for a in attempts], "device_map": attempts[-1].get("device_map"),
+            "ranks": attempts[-1]["ranks"], "slowest_wall_s": slowest, **tokens,
+            "tok_s": (tokens["prefill_tokens"] + tokens["decode_tokens"]) / slowest if slowest else 0.0,
+            "gen_tok_s": tokens["new_tokens"] / slowest if slowest else 0.0}
 
 
 def aggregate(results: list[dict], spec: dict = SQUAD_SPEC) -> list[dict]:
