@@ -116,7 +116,7 @@ def test_batched_prefill_with_prefix_equals_batch_one(pair):
         for j, row in enumerate(rows):
             alone_state, alone = fam.prefill(model, [prefix + row])
             assert _rel(logits[j], alone[0]) < REL
-            _, nxt = fam.step(model, logits[j:j + 1].argmax(-1), fam.select(state, torch.tensor([j])))
+            _, nxt = fam.step(model, logits[j:j + 1].argmax(-1), fam.FAMILY.select(state, torch.tensor([j])))
             assert _rel(nxt[0], fam.step(model, alone.argmax(-1), alone_state)[1][0]) < REL
 
 

@@ -148,15 +148,15 @@ def test_batched_prefill_with_prefix_equals_batch_one(pair):
         for j in range(len(rows)):
             assert _rel(logits[j], alone[j][1][0]) < REL
         keep = torch.tensor([0, 2, 3, 5])  # rows 1 and 4 finish
-        state = fam.select(state, keep)
+        state = fam.FAMILY.select(state, keep)
         tokens = logits[keep].argmax(-1)
         state, logits = fam.step(model, tokens, state)
         for j, i in enumerate(keep.tolist()):
             _, want = fam.step(model, tokens[j:j + 1], alone[i][0])
             assert _rel(logits[j], want[0]) < REL
-    both = fam.cat([fam.select(state, torch.tensor([1])), fam.select(state, torch.tensor([0]))])
+    both = fam.FAMILY.cat([fam.FAMILY.select(state, torch.tensor([1])), fam.FAMILY.select(state, torch.tensor([0]))])
     assert torch.equal(both.wkv[0][0], state.wkv[0][1])
-    assert fam.state_bytes(state) == 4 * sum(4 * (2 * WIDTH + WIDTH // HEAD * HEAD * HEAD) for _ in range(LAYERS))
+    assert fam.FAMILY.state_bytes(state) == 4 * sum(4 * (2 * WIDTH + WIDTH // HEAD * HEAD * HEAD) for _ in range(LAYERS))
 
 
 def test_engine_batches_equal_batch_one():

@@ -31,24 +31,12 @@ def prefill(model, seqs, state: RwkvState | None = None) -> tuple[RwkvState, tor
     """Prefill token lists (or a (B, T) tensor) after an optional batch-1 prefix `state`; rows of equal length
     run together. Returns (state, (B, V) logits of each row's last token)."""
     return prefill_by_length(seqs, state, model.rwkv.empty_state, lambda ids, start: _run(model, ids, start),
-                             select, cat, model.head.weight.device)
+                             RwkvState.select, RwkvState.cat, model.head.weight.device)
 
 
 def step(model, tokens: torch.Tensor, state: RwkvState) -> tuple[RwkvState, torch.Tensor]:
     """One decode step for tokens (B,). Returns (state, (B, V) logits)."""
     return _run(model, tokens[:, None], state)
-
-
-def select(state: RwkvState, rows: torch.Tensor) -> RwkvState:
-    return state.select(rows)
-
-
-def cat(states: list[RwkvState]) -> RwkvState:
-    return RwkvState.cat(states)
-
-
-def state_bytes(state: RwkvState) -> int:
-    return state.nbytes()
 
 
 FAMILY = Family(
@@ -59,5 +47,6 @@ FAMILY = Family(
     lora_targets={"*": ["receptance", "key", "value", "gate", "output"]},
     pad_safe=False,  # a padded token would enter the recurrent state; its forward refuses padded masks
     layer_kinds=lambda cfg: ["rwkv6"] * cfg.num_hidden_layers,
-    prefill=prefill, step=step, select=select, cat=cat, state_bytes=state_bytes, kernel=kernel,
+    prefill=prefill, step=step, select=RwkvState.select, cat=RwkvState.cat, state_bytes=RwkvState.nbytes,
+    kernel=kernel,
 )

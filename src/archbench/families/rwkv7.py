@@ -32,24 +32,12 @@ def prefill(model, seqs, state: Rwkv7State | None = None) -> tuple[Rwkv7State, t
     run together. Returns (state, (B, V) logits of each row's last token)."""
     dev = model.lm_head.weight.device
     return prefill_by_length(seqs, state, model.model.empty_state, lambda ids, start: _run(model, ids, start),
-                             select, cat, dev)
+                             Rwkv7State.select, Rwkv7State.cat, dev)
 
 
 def step(model, tokens: torch.Tensor, state: Rwkv7State) -> tuple[Rwkv7State, torch.Tensor]:
     """One decode step for tokens (B,). Returns (state, (B, V) logits)."""
     return _run(model, tokens[:, None], state)
-
-
-def select(state: Rwkv7State, rows: torch.Tensor) -> Rwkv7State:
-    return state.select(rows)
-
-
-def cat(states: list[Rwkv7State]) -> Rwkv7State:
-    return Rwkv7State.cat(states)
-
-
-def state_bytes(state: Rwkv7State) -> int:
-    return state.nbytes()
 
 
 FAMILY = Family(
@@ -61,5 +49,6 @@ FAMILY = Family(
     lora_targets={"*": ["r_proj", "k_proj", "v_proj", "o_proj", "key", "value"]},
     pad_safe=False,  # a padded token would enter the recurrent state; its forward refuses padded masks
     layer_kinds=lambda cfg: ["rwkv7"] * cfg.num_hidden_layers,
-    prefill=prefill, step=step, select=select, cat=cat, state_bytes=state_bytes, kernel=kernel,
+    prefill=prefill, step=step, select=Rwkv7State.select, cat=Rwkv7State.cat, state_bytes=Rwkv7State.nbytes,
+    kernel=kernel,
 )
