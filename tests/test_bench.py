@@ -150,15 +150,15 @@ def test_recurrent_decode_is_flat_in_context(tmp_path, monkeypatch):
 
 
 def test_point_is_one_batch_past_the_engines_token_budget(tmp_path, monkeypatch):
-    """B * (T + N) above engine.TOKEN_BUDGET: bench still runs the B rows as one batch (the budget is raised
-    for the point only and restored)."""
+    """B * (T + N) above engine.TOKEN_BUDGET: bench still runs the B rows as one batch (it passes the point's
+    own budget to engine.run; the module's default is untouched)."""
     _fixed_rates(monkeypatch)
     monkeypatch.setattr(engine, "TOKEN_BUDGET", 20)
     seen = []
     real = engine.run
 
-    def run(lm, ids, gen, share_prefix=True, trace=None):
-        for batch in real(lm, ids, gen, share_prefix, trace):
+    def run(lm, ids, gen, share_prefix=True, trace=None, token_budget=None):
+        for batch in real(lm, ids, gen, share_prefix, trace, token_budget):
             seen.append(len(batch.rows))
             yield batch
 
