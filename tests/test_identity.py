@@ -98,3 +98,21 @@ def test_run_json_and_store_keep_the_digests(tmp_path, data):
     assert record["models"]["tiny-gpt2"]["weights"] and summary["config"]["identity"]["items"] == \
         record["identity"]["items"]
     assert "rows" not in summary["config"]["identity"]  # per-item digests stay in run.json
+
+
+def test_changed_adapter_is_refused(tmp_path, data):
+    path, _ = data
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(zoo.ensure("tiny-gpt2")))
+    adapter = tmp_path / "adapter"
+    peft = get_peft_model(base, LoraConfig(r=2, target_modules=["c_attn"], init_lora_weights=False))
+    peft.save_pretrained(str(adapter))
+    _run(tmp_path, path, adapter=str(adapter))
+    for p in peft.parameters():  # another adapter saved over the same directory
+        if p.requires_grad:
+            p.data += 0.5
+    peft.save_pretrained(str(adapter))
+    with pytest.raises(ValueError, match=r"its adapter changed"):
+        _run(tmp_path, path, adapter=str(adapter))
