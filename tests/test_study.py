@@ -119,7 +119,7 @@ def test_bad_study_names_file_key_and_reason(tmp_path, text, key, reason):
 
 def test_missing_study_lists_shipped_ones():
     result = CliRunner().invoke(app, ["run", "nosuchstudy"])
-    assert result.exit_code == 2 and "demo, seed" in result.output
+    assert result.exit_code == 2 and "demo" in result.output and "seed" in result.output and "lab" in result.output
 
 
 def test_tiny_study_runs_reports_and_skips_finished_stages(tmp_path):
