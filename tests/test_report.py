@@ -69,7 +69,8 @@ def store_db(tmp_path):
         store.ensure_run("b1", "bench", {"out": str(tmp_path / "bench")}, ENV)
         for p in BENCH:
             store.put("b1", "bench", f"{p['model']}|{p['context']}|{p['batch']}", p)
-        store.ensure_run("f1", "finetune", {"model": "smollm2-135m", "out": str(tmp_path / "lora1")}, ENV)
+        store.ensure_run("f1", "finetune", {"model": "smollm2-135m", "out": str(tmp_path / "lora1"),
+                                            "identity": {"rows": "r0ws", "base": "ba5e"}}, ENV)
         for step, loss in enumerate([3.0, 2.5, 2.2, 2.0], 1):
             store.put("f1", "train_log", str(step), {"step": step, "loss": loss, "lr": 1e-4})
         store.put("f1", "finetune", "result", {"first_loss": 3.0, "final_loss": 2.0, "steps": 4, "rows": 8,
@@ -244,3 +245,8 @@ def test_recall_task_gets_per_size_rows_and_plots_beside_cost(tmp_path, run_eval
     assert [row[2:4] for row in table[1:]] == [["10", "0.0"], ["10", "1.0"], ["20", "0.0"], ["20", "1.0"]]
     assert {p.name for p in (tmp_path / "rep" / "plots").iterdir()} >= {"recall_vs_context.png",
                                                                        "recall_heatmaps.png"}
+
+
+def test_environment_lists_what_each_run_is(report):
+    md = report[".md"].read_text()
+    assert "f1 (finetune): rows r0ws, base ba5e" in md  # a fine-tune's identity (training rows, base weights)

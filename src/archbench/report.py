@@ -341,11 +341,13 @@ def _provenance(res: dict) -> list[tuple]:
 
 
 def _digests(run: dict) -> str:
-    ident = run["config"]["identity"]
+    """One line of what a run is: its identity's digests (eval: task, items, golds, shots; fine-tune: training
+    rows and base weights) and, for evals, each model's weights / adapter."""
+    ident = {k: v for k, v in run["config"]["identity"].items() if not isinstance(v, dict)}
     models = ", ".join(f"{m} weights {d['weights']}" + (f" adapter {d['adapter']}" if d.get("adapter") else "")
                        for m, d in run["models"].items())
-    return (f"{run['run_id']}: task {ident['task']}, items {ident['items']}, golds {ident['golds']}, "
-            f"shots {ident['shots']}; {models}")
+    return f"{run['run_id']} ({run['kind']}): " + ", ".join(f"{k} {v}" for k, v in ident.items()) + \
+        (f"; {models}" if models else "")
 
 
 def _md_cell(text: str) -> str:
