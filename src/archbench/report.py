@@ -297,9 +297,7 @@ def build(res: dict, figures: list) -> list[tuple]:
         ps = [p for p in points if p["group"] == group]
         c = ps[0]["config"]
         blocks += [("h2", f"{ps[0]['spec']['title']}: {group}"),
-                   ("p", (f"data {c.get('data')}, {max(p['n'] for p in ps)} items per setting, prompt style "
-                         f"{', '.join(sorted({str(p['config'].get('prompt_style')) for p in ps}))}, shots from "
-                         f"{c.get('shots_from')}, up to {c.get('max_new_tokens')} new tokens, stop {c.get('stop')}."))]
+                   ("p", _eval_settings(c, ps))]
         for family, header, rows in family_tables(ps):
             blocks += [("h3", family), ("table", header, rows)]
     for heading, (header, rows) in (("Base vs fine-tuned", finetune_table(points)),
@@ -338,6 +336,16 @@ def _provenance(res: dict) -> list[tuple]:
     if lines:
         blocks += [("p", "The stored config of every run in this report:"), ("code", "\n".join(lines))]
     return blocks
+
+
+def _eval_settings(c: dict, ps: list[dict]) -> str:
+    """One line of an eval group's settings: the task's options that are set, and the generation settings."""
+    styles = sorted({str(p["config"].get("prompt_style")) for p in ps if p["config"].get("prompt_style")})
+    options = [f"{k.replace('_', ' ')} {c[k]}" for k in ("data", "lengths", "depths", "entries", "jrt", "shots_from")
+               if c.get(k) is not None]
+    return ", ".join(options + [f"{max(p['n'] for p in ps)} items per setting"]
+                     + ([f"prompt style {', '.join(styles)}"] if styles else [])
+                     + [f"up to {c.get('max_new_tokens')} new tokens, stop {c.get('stop')}."])
 
 
 def _digests(run: dict) -> str:
