@@ -71,7 +71,8 @@ def roof(lm, results, ids, shp, state) -> tuple[float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["tiny-gpt2", "tiny-mamba", "tiny-rwkv", "tiny-bamba", "smollm2-135m"])
+    ap.add_argument("--models", nargs="+",
+                    default=["tiny-gpt2", "tiny-mamba", "tiny-rwkv", "tiny-bamba", "smollm2-135m"])
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--shots", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=8)

@@ -156,7 +156,8 @@ def test_batched_prefill_with_prefix_equals_batch_one(pair):
             assert _rel(logits[j], want[0]) < REL
     both = fam.FAMILY.cat([fam.FAMILY.select(state, torch.tensor([1])), fam.FAMILY.select(state, torch.tensor([0]))])
     assert torch.equal(both.wkv[0][0], state.wkv[0][1])
-    assert fam.FAMILY.state_bytes(state) == 4 * sum(4 * (2 * WIDTH + WIDTH // HEAD * HEAD * HEAD) for _ in range(LAYERS))
+    per_layer = 4 * (2 * WIDTH + WIDTH // HEAD * HEAD * HEAD)
+    assert fam.FAMILY.state_bytes(state) == 4 * sum(per_layer for _ in range(LAYERS))
 
 
 def test_engine_batches_equal_batch_one():

