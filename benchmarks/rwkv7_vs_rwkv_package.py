@@ -54,11 +54,11 @@ def _theirs(ref, prompt, steps):
 def _ours(model, prompt, steps, rows=1):
     with torch.inference_mode(), fastlinear.packed(model):
         t0 = CLOCK[0]()
-        state, logits = fam.prefill(model, [prompt] * rows)
+        state, logits = fam.FAMILY.prefill(model, [prompt] * rows)
         t1 = CLOCK[0]()
         toks = [int(logits[0].argmax())]
         for _ in range(steps):
-            state, logits = fam.step(model, logits.argmax(-1), state)
+            state, logits = fam.FAMILY.step(model, logits.argmax(-1), state)
             toks.append(int(logits[0].argmax()))
     return t1 - t0, (CLOCK[0]() - t1) / steps, toks
 

@@ -61,7 +61,7 @@ def test_prefill_logits_and_state_match_rwkv_package(pair):
     with torch.no_grad():
         want, ref_state = ref.forward(ids, None, full_output=True)
         got = model(torch.tensor([ids])).logits[0]
-        state, _ = fam.prefill(model, [ids])
+        state, _ = fam.FAMILY.prefill(model, [ids])
     print(f"\nRWKV-6 prefill of 70 tokens vs rwkv package: max abs {(got - want).abs().max():.2e}, "
           f"relative {_rel(got, want):.2e}")
     assert _rel(got, want) < REL
@@ -76,7 +76,7 @@ def test_steps_and_greedy_tokens_match_rwkv_package(pair):
     worst, gap = 0.0, math.inf
     with torch.no_grad():
         want, ref_state = ref.forward(_ids(30, 2), None)
-        state, got = fam.prefill(model, [_ids(30, 2)])
+        state, got = fam.FAMILY.prefill(model, [_ids(30, 2)])
         ours, theirs = [], []
         for _ in range(40):
             worst = max(worst, _rel(got[0], want))
@@ -85,7 +85,7 @@ def test_steps_and_greedy_tokens_match_rwkv_package(pair):
             theirs.append(int(want.argmax()))
             ours.append(int(got[0].argmax()))
             want, ref_state = ref.forward([theirs[-1]], ref_state)
-            state, got = fam.step(model, torch.tensor([ours[-1]]), state)
+            state, got = fam.FAMILY.step(model, torch.tensor([ours[-1]]), state)
     print(f"\nRWKV-6 40 steps vs rwkv package: max relative logit difference {worst:.2e}, "
           f"smallest reference top-2 gap {gap:.2e}")
     assert worst < REL
@@ -112,12 +112,12 @@ def test_batched_prefill_with_prefix_equals_batch_one(pair):
     _, model = pair
     prefix, rows = _ids(40, 3), [_ids(n, 10 + n) for n in (7, 31, 18, 7, 1)]
     with torch.no_grad():
-        state, logits = fam.prefill(model, rows, fam.prefill(model, [prefix])[0])
+        state, logits = fam.FAMILY.prefill(model, rows, fam.FAMILY.prefill(model, [prefix])[0])
         for j, row in enumerate(rows):
-            alone_state, alone = fam.prefill(model, [prefix + row])
+            alone_state, alone = fam.FAMILY.prefill(model, [prefix + row])
             assert _rel(logits[j], alone[0]) < REL
-            _, nxt = fam.step(model, logits[j:j + 1].argmax(-1), fam.FAMILY.select(state, torch.tensor([j])))
-            assert _rel(nxt[0], fam.step(model, alone.argmax(-1), alone_state)[1][0]) < REL
+            _, nxt = fam.FAMILY.step(model, logits[j:j + 1].argmax(-1), fam.FAMILY.select(state, torch.tensor([j])))
+            assert _rel(nxt[0], fam.FAMILY.step(model, alone.argmax(-1), alone_state)[1][0]) < REL
 
 
 def test_save_pretrained_round_trip_and_training(tmp_path):

@@ -71,7 +71,7 @@ def test_prefill_logits_match_rwkv_package(pair):
     with torch.no_grad():
         want, ref_state = ref.forward(ids, None, full_output=True)  # (T, V)
         got = model(torch.tensor([ids])).logits[0]
-        state, last = fam.prefill(model, [ids])
+        state, last = fam.FAMILY.prefill(model, [ids])
     print(f"\nRWKV-7 prefill of 80 tokens vs rwkv package: max abs {(got - want).abs().max():.2e}, "
           f"relative {_rel(got, want):.2e}")
     assert _rel(got, want) < REL
@@ -87,7 +87,7 @@ def test_steps_and_greedy_tokens_match_rwkv_package(pair):
     prompt, worst, gap = _ids(30, 2), 0.0, math.inf
     with torch.no_grad():
         want, ref_state = ref.forward(prompt, None)
-        state, got = fam.prefill(model, [prompt])
+        state, got = fam.FAMILY.prefill(model, [prompt])
         ours, theirs = [], []
         for _ in range(40):  # each side feeds its own greedy token back: identical tokens are required
             worst = max(worst, _rel(got[0], want))
@@ -96,7 +96,7 @@ def test_steps_and_greedy_tokens_match_rwkv_package(pair):
             theirs.append(int(want.argmax()))
             ours.append(int(got[0].argmax()))
             want, ref_state = ref.forward([theirs[-1]], ref_state)
-            state, got = fam.step(model, torch.tensor([ours[-1]]), state)
+            state, got = fam.FAMILY.step(model, torch.tensor([ours[-1]]), state)
     print(f"\nRWKV-7 40 steps vs rwkv package: max relative logit difference {worst:.2e}, "
           f"smallest reference top-2 gap {gap:.2e}")
     assert worst < REL
@@ -109,11 +109,11 @@ def test_hf_generate_equals_engine_steps(pair):
     ids = torch.tensor([_ids(20, 5)])
     with torch.inference_mode():
         out = model.generate(ids, max_new_tokens=6, do_sample=False)[0, 20:].tolist()
-        state, logits = fam.prefill(model, ids)
+        state, logits = fam.FAMILY.prefill(model, ids)
         toks = []
         for _ in range(6):
             toks.append(int(logits.argmax()))
-            state, logits = fam.step(model, logits.argmax(-1), state)
+            state, logits = fam.FAMILY.step(model, logits.argmax(-1), state)
     assert out == toks
 
 
@@ -142,17 +142,17 @@ def test_batched_prefill_with_prefix_equals_batch_one(pair):
     prefix = _ids(40, 3)
     rows = [_ids(n, 10 + n) for n in (7, 31, 18, 44, 7, 1)]
     with torch.no_grad():
-        pstate, _ = fam.prefill(model, [prefix])
-        state, logits = fam.prefill(model, rows, pstate)
-        alone = [fam.prefill(model, [prefix + r]) for r in rows]
+        pstate, _ = fam.FAMILY.prefill(model, [prefix])
+        state, logits = fam.FAMILY.prefill(model, rows, pstate)
+        alone = [fam.FAMILY.prefill(model, [prefix + r]) for r in rows]
         for j in range(len(rows)):
             assert _rel(logits[j], alone[j][1][0]) < REL
         keep = torch.tensor([0, 2, 3, 5])  # rows 1 and 4 finish
         state = fam.FAMILY.select(state, keep)
         tokens = logits[keep].argmax(-1)
-        state, logits = fam.step(model, tokens, state)
+        state, logits = fam.FAMILY.step(model, tokens, state)
         for j, i in enumerate(keep.tolist()):
-            _, want = fam.step(model, tokens[j:j + 1], alone[i][0])
+            _, want = fam.FAMILY.step(model, tokens[j:j + 1], alone[i][0])
             assert _rel(logits[j], want[0]) < REL
     both = fam.FAMILY.cat([fam.FAMILY.select(state, torch.tensor([1])), fam.FAMILY.select(state, torch.tensor([0]))])
     assert torch.equal(both.wkv[0][0], state.wkv[0][1])

@@ -1,7 +1,7 @@
 """Helpers shared by the family modules (no family imports another's code): padding-free prefill of
-recurrent models by row length, the fused-kernel check, and the (conv, ssm) state and layer loop that Mamba
-and Mamba-2 share (mamba.py's `run_layers`: norm -> mixer -> residual per block, the head on the last
-position)."""
+recurrent models by row length, the fused-kernel check, the (conv, ssm) state and layer loop that Mamba
+and Mamba-2 share (norm -> mixer -> residual per block, the head on the last position), and prefill / step of
+archbench's own RWKV-6/7 models (models/: `base_model.run` carries an `RwkvState`)."""
 from __future__ import annotations
 
 import importlib.util
@@ -75,3 +75,24 @@ def ssm_state_bytes(state: SsmState) -> int:
 
 def tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def rwkv_run(model, ids: torch.Tensor, state):
+    """ids (B, T) after `state` through an archbench RWKV model (models/rwkv6.py, rwkv7.py); returns
+    (state, (B, V) fp32 logits of the last position)."""
+    hidden, state = model.base_model.run(ids, state)
+    return state, model.get_output_embeddings()(hidden[:, -1]).float()
+
+
+def rwkv_prefill(model, seqs, state=None):
+    """Prefill token lists (or a (B, T) tensor) after an optional batch-1 prefix `state`; rows of equal length
+    run together. Returns (state, (B, V) logits of each row's last token)."""
+    from archbench.models.rwkv_state import RwkvState
+
+    return prefill_by_length(seqs, state, model.base_model.empty_state, lambda ids, start: rwkv_run(model, ids, start),
+                             RwkvState.select, RwkvState.cat, model.get_output_embeddings().weight.device)
+
+
+def rwkv_step(model, tokens: torch.Tensor, state):
+    """One decode step for tokens (B,). Returns (state, (B, V) logits)."""
+    return rwkv_run(model, tokens[:, None], state)

@@ -10,33 +10,13 @@ wkv matrix, independent of the context length.
 """
 from __future__ import annotations
 
-import torch
-
 from archbench.families import Family
-from archbench.families.common import prefill_by_length
+from archbench.families.common import rwkv_prefill, rwkv_step
 from archbench.models.rwkv_state import RwkvState
 
 
 def kernel(model) -> str:
     return "torch-wkv6-chunked"
-
-
-def _run(model, ids: torch.Tensor, state: RwkvState) -> tuple[RwkvState, torch.Tensor]:
-    """ids (B, T) after `state`; returns (state, (B, V) fp32 logits of the last position)."""
-    hidden, state = model.rwkv.run(ids, state)
-    return state, model.head(hidden[:, -1]).float()
-
-
-def prefill(model, seqs, state: RwkvState | None = None) -> tuple[RwkvState, torch.Tensor]:
-    """Prefill token lists (or a (B, T) tensor) after an optional batch-1 prefix `state`; rows of equal length
-    run together. Returns (state, (B, V) logits of each row's last token)."""
-    return prefill_by_length(seqs, state, model.rwkv.empty_state, lambda ids, start: _run(model, ids, start),
-                             RwkvState.select, RwkvState.cat, model.head.weight.device)
-
-
-def step(model, tokens: torch.Tensor, state: RwkvState) -> tuple[RwkvState, torch.Tensor]:
-    """One decode step for tokens (B,). Returns (state, (B, V) logits)."""
-    return _run(model, tokens[:, None], state)
 
 
 FAMILY = Family(
@@ -47,6 +27,6 @@ FAMILY = Family(
     lora_targets={"*": ["receptance", "key", "value", "gate", "output"]},
     pad_safe=False,  # a padded token would enter the recurrent state; its forward refuses padded masks
     layer_kinds=lambda cfg: ["rwkv6"] * cfg.num_hidden_layers,
-    prefill=prefill, step=step, select=RwkvState.select, cat=RwkvState.cat, state_bytes=RwkvState.nbytes,
+    prefill=rwkv_prefill, step=rwkv_step, select=RwkvState.select, cat=RwkvState.cat, state_bytes=RwkvState.nbytes,
     kernel=kernel,
 )

@@ -10,34 +10,13 @@ vectors (C) and the (H, N, N) fp32 wkv matrix, independent of the context length
 """
 from __future__ import annotations
 
-import torch
-
 from archbench.families import Family
-from archbench.families.common import prefill_by_length
+from archbench.families.common import rwkv_prefill, rwkv_step
 from archbench.models.rwkv7 import Rwkv7State
 
 
 def kernel(model) -> str:
     return "torch-wkv7-chunked"
-
-
-def _run(model, ids: torch.Tensor, state: Rwkv7State) -> tuple[Rwkv7State, torch.Tensor]:
-    """ids (B, T) after `state`; returns (state, (B, V) fp32 logits of the last position)."""
-    hidden, state = model.model.run(ids, state)
-    return state, model.lm_head(hidden[:, -1]).float()
-
-
-def prefill(model, seqs, state: Rwkv7State | None = None) -> tuple[Rwkv7State, torch.Tensor]:
-    """Prefill token lists (or a (B, T) tensor) after an optional batch-1 prefix `state`; rows of equal length
-    run together. Returns (state, (B, V) logits of each row's last token)."""
-    dev = model.lm_head.weight.device
-    return prefill_by_length(seqs, state, model.model.empty_state, lambda ids, start: _run(model, ids, start),
-                             Rwkv7State.select, Rwkv7State.cat, dev)
-
-
-def step(model, tokens: torch.Tensor, state: Rwkv7State) -> tuple[Rwkv7State, torch.Tensor]:
-    """One decode step for tokens (B,). Returns (state, (B, V) logits)."""
-    return _run(model, tokens[:, None], state)
 
 
 FAMILY = Family(
@@ -49,6 +28,6 @@ FAMILY = Family(
     lora_targets={"*": ["r_proj", "k_proj", "v_proj", "o_proj", "key", "value"]},
     pad_safe=False,  # a padded token would enter the recurrent state; its forward refuses padded masks
     layer_kinds=lambda cfg: ["rwkv7"] * cfg.num_hidden_layers,
-    prefill=prefill, step=step, select=Rwkv7State.select, cat=Rwkv7State.cat, state_bytes=Rwkv7State.nbytes,
+    prefill=rwkv_prefill, step=rwkv_step, select=Rwkv7State.select, cat=Rwkv7State.cat, state_bytes=Rwkv7State.nbytes,
     kernel=kernel,
 )

@@ -25,11 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import CausalLMOutput
-from transformers.modeling_utils import slice_logits_to_keep
 
 from archbench.models.rwkv7 import shift
-from archbench.models.rwkv_state import RwkvState
+from archbench.models.rwkv_state import RwkvState, causal_lm_forward
 from archbench.models.wkv6 import wkv6
 
 
@@ -202,13 +200,4 @@ class Rwkv6ForCausalLM(Rwkv6PreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, attention_mask=None,
                 logits_to_keep: int | torch.Tensor = 0, **kwargs):
-        """The whole sequence in parallel from the zero state; right padding is harmless, left padding is refused
-        (it would enter the state). Returns CausalLMOutput(loss, logits (B, T, V))."""
-        if attention_mask is not None and bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
-            raise ValueError("rwkv6: left padding is not supported (padding would enter the state); pad on the "
-                             "right (the fine-tuning batches) or run rows of equal length together")
-        logits = self.head(slice_logits_to_keep(self.rwkv.run(input_ids)[0], logits_to_keep))  # transformers' rule
-        loss = None
-        if labels is not None:  # with logits_to_keep = 0 (all positions)
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-        return CausalLMOutput(loss=loss, logits=logits)
+        return causal_lm_forward(self, input_ids, labels, attention_mask, logits_to_keep)

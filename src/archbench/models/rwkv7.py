@@ -33,10 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import CausalLMOutput
-from transformers.modeling_utils import slice_logits_to_keep
 
-from archbench.models.rwkv_state import RwkvState
+from archbench.models.rwkv_state import RwkvState, causal_lm_forward
 from archbench.models.wkv7 import wkv7
 
 DECAY_SCALE = math.exp(-0.5)  # log w = -exp(-0.5) * sigmoid(.): every decay lies in (0.545, 1)
@@ -248,14 +246,4 @@ class Rwkv7ForCausalLM(Rwkv7PreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, attention_mask=None,
                 logits_to_keep: int | torch.Tensor = 0, **kwargs):
-        """The whole sequence in parallel from the zero state (training and scoring). input_ids (B, T);
-        labels (B, T) with -100 for ignored positions. Right padding is harmless (nothing real follows it);
-        left padding is refused, it would enter the recurrent state. Returns CausalLMOutput(loss, logits (B, T, V))."""
-        if attention_mask is not None and bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
-            raise ValueError("rwkv7: left padding is not supported (padding would enter the state); pad on the "
-                             "right (the fine-tuning batches) or run rows of equal length together")
-        logits = self.lm_head(slice_logits_to_keep(self.model.run(input_ids)[0], logits_to_keep))  # transformers' rule
-        loss = None
-        if labels is not None:  # with logits_to_keep = 0 (all positions)
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-        return CausalLMOutput(loss=loss, logits=logits)
+        return causal_lm_forward(self, input_ids, labels, attention_mask, logits_to_keep)

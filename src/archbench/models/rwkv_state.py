@@ -1,11 +1,15 @@
 """The recurrent state of archbench's RWKV-6 / RWKV-7 models (models/rwkv6.py, models/rwkv7.py) and the batch
 operations archbench's engine needs on it (families/rwkv6.py, families/rwkv7.py): keep rows, concatenate,
-count bytes. Fixed size per row whatever the context length (Peng et al. 2024, 2025)."""
+count bytes. Fixed size per row whatever the context length (Peng et al. 2024, 2025). Also the whole-sequence
+causal-LM forward both model classes share (`causal_lm_forward`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from transformers.modeling_outputs import CausalLMOutput
+from transformers.modeling_utils import slice_logits_to_keep
 
 _FIELDS = ("att_x", "wkv", "ffn_x")
 
@@ -29,3 +33,20 @@ class RwkvState:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for f in _FIELDS for t in getattr(self, f))
+
+
+def causal_lm_forward(model, input_ids: torch.Tensor, labels=None, attention_mask=None,
+                      logits_to_keep: int | torch.Tensor = 0) -> CausalLMOutput:
+    """The whole sequence in parallel from the zero state (training and scoring) through `model.base_model.run`
+    and the output head. input_ids (B, T); labels (B, T) with -100 for ignored positions. Right padding is
+    harmless (nothing real follows it); left padding is refused, it would enter the recurrent state.
+    Returns CausalLMOutput(loss, logits (B, T, V))."""
+    if attention_mask is not None and bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
+        raise ValueError(f"{model.config.model_type}: left padding is not supported (padding would enter the "
+                         "state); pad on the right (the fine-tuning batches) or run rows of equal length together")
+    hidden = model.base_model.run(input_ids)[0]
+    logits = model.get_output_embeddings()(slice_logits_to_keep(hidden, logits_to_keep))  # transformers' rule
+    loss = None
+    if labels is not None:  # with logits_to_keep = 0 (all positions)
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+    return CausalLMOutput(loss=loss, logits=logits)
