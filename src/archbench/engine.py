@@ -83,7 +83,7 @@ def _stepper(lm, fam, gen: GenConfig):
     return fam.step, False
 
 
-def _finished(lm, loop: _Loop, new: list[list[int]], live: list[int], k: int) -> list[int]:
+def _still_running(lm, loop: _Loop, new: list[list[int]], live: list[int], k: int) -> list[int]:
     """Positions in `live` whose rows go on after token k: not at EOS and no stop string in the decoded tail."""
     gen, eos = loop.gen, loop.eos
     if k + 1 < gen.min_new_tokens:  # before min_new_tokens nothing stops a row
@@ -129,7 +129,7 @@ def _batch(lm, loop: _Loop, ids, rows, prefix) -> tuple[list[list[int]], float]:
                 first = time.perf_counter()
             for j, t in zip(live, nxt.tolist()):
                 new[j].append(t)
-            keep = _finished(lm, loop, new, live, k)
+            keep = _still_running(lm, loop, new, live, k)
             if not keep or k + 1 == gen.max_new_tokens:
                 break
             if len(keep) < len(live):
