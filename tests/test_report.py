@@ -241,8 +241,10 @@ def test_recall_task_gets_per_size_rows_and_plots_beside_cost(tmp_path, run_eval
              max_new_tokens=2, run_dir=str(tmp_path / "pb"), db=db)
     paths = render_report(sources=[str(tmp_path / "pb")], out=str(tmp_path / "rep"), db=db)
     md = paths[0].read_text()
-    table = next(t for t in md_tables(md) if t[0][:4] == ["Model", "params", "entries", "depth"])
-    assert [row[2:4] for row in table[1:]] == [["10", "0.0"], ["10", "1.0"], ["20", "0.0"], ["20", "1.0"]]
+    table = next(t for t in md_tables(md) if t[0][:5] == ["Model", "layers", "params", "entries", "depth"])
+    assert [row[1:5:3] for row in table[1:]] == [["4 mamba", "0.0"], ["4 mamba", "1.0"], ["4 mamba", "0.0"],
+                                                ["4 mamba", "1.0"]]
+    assert [row[3] for row in table[1:]] == ["10", "10", "20", "20"]
     assert {p.name for p in (tmp_path / "rep" / "plots").iterdir()} >= {"recall_vs_context.png",
                                                                        "recall_heatmaps.png"}
 

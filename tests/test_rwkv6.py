@@ -14,7 +14,7 @@ import torch
 
 from archbench.families import rwkv6 as fam
 from archbench.models.rwkv6 import Rwkv6Config, Rwkv6ForCausalLM
-from archbench.models.rwkv_convert import cached, random_pth6
+from archbench.models.rwkv_convert import cached, random_pth
 from archbench.models.wkv6 import wkv6_chunked, wkv6_step
 
 VOCAB, WIDTH, LAYERS = 500, 128, 3
@@ -39,7 +39,7 @@ def _rwkv_package_v6():
 def pair(tmp_path_factory):
     """(the rwkv package's model, archbench's model) on the same random RWKV-6 weights."""
     tmp = tmp_path_factory.mktemp("rwkv6")
-    random_pth6(tmp / "tiny.pth", vocab=VOCAB, width=WIDTH, layers=LAYERS)
+    random_pth(tmp / "tiny.pth", vocab=VOCAB, width=WIDTH, layers=LAYERS, version=6)
     with pytest.MonkeyPatch.context() as mp:
         for key in ("RWKV_V7_ON", "RWKV_JIT_ON", "RWKV_CUDA_ON"):
             mp.setenv(key, "0")

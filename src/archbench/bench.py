@@ -50,7 +50,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from archbench import config, engine, fmt, roofline
+from archbench import config, engine, families, fmt, roofline
 from archbench.bench_config import LAUNCHERS, PROMPT_SOURCES, BenchConfig  # noqa: F401 - re-exported
 from archbench.bench_runs import BatchSplit, engine_run, hf_run
 from archbench.config import RuntimeConfig
@@ -153,6 +153,7 @@ def _model_meta(name: str, rt: RuntimeConfig, store: Store, run_id: str) -> dict
     store.add_model(run_id, lm)
     kernel = engine.kernel(lm) if rt.engine == "archbench" else "transformers.generate"
     meta = {"model": name, "family": lm.family, "params": lm.params, "untrained": lm.untrained,
+            "layers": families.layer_mix(families.get(lm.family), lm.model.config),
             "kernel": kernel, "max_len": lm.max_len, "shape": roofline.shape(lm.model, lm.family)}
     del lm
     _release(rt.device)
@@ -186,7 +187,7 @@ def _median_p90(xs: list[float]) -> tuple[float, float]:
 
 def _record(meta: dict, spec: dict, raw: dict, env: dict) -> dict:
     """One bench.json point: identity, status, and (status "ok") the derived numbers."""
-    rec = {k: meta[k] for k in ("model", "family", "params", "untrained", "kernel")}
+    rec = {k: meta[k] for k in ("model", "family", "layers", "params", "untrained", "kernel")}
     rec.update({k: spec[k] for k in ("engine", "context", "batch", "new_tokens")})
     rec.update(status=raw["status"], reason=raw.get("reason"), **dict.fromkeys(MEASURED))
     if raw["status"] != "ok":
@@ -212,16 +213,16 @@ def _record(meta: dict, spec: dict, raw: dict, env: dict) -> dict:
 def table(points: list[dict]) -> Table:
     """The sweep as a rich table, one row per point (sizes and percentages in fmt.py's cells)."""
     tab = Table(title="archbench bench", show_lines=False)
-    for col in ("model", "ctx", "batch", "status", "TTFT ms (p90)", "prefill tok/s", "decode ms (p90)",
+    for col in ("model", "family", "ctx", "batch", "status", "TTFT ms (p90)", "prefill tok/s", "decode ms (p90)",
                 "decode tok/s", "peak MB", "state", "FLOP/s %", "BW %"):
-        tab.add_column(col, justify="left" if col in ("model", "status") else "right")
+        tab.add_column(col, justify="left" if col in ("model", "family", "status") else "right")
     for p in points:
-        label = fmt.label(p["model"], p["untrained"])
+        label, fam = fmt.label(p["model"], p["untrained"]), fmt.family(p["family"], p.get("layers"))
         if p["status"] != "ok":
-            tab.add_row(label, str(p["context"]), str(p["batch"]), f"{p['status']}: {p['reason']}",
+            tab.add_row(label, fam, str(p["context"]), str(p["batch"]), f"{p['status']}: {p['reason']}",
                         *["-"] * 8)
             continue
-        tab.add_row(label, str(p["context"]), str(p["batch"]), "ok",
+        tab.add_row(label, fam, str(p["context"]), str(p["batch"]), "ok",
                     f"{p['ttft_ms_median']:.1f} ({p['ttft_ms_p90']:.1f})", f"{p['prefill_tok_s']:.0f}",
                     f"{p['decode_ms_median']:.2f} ({p['decode_ms_p90']:.2f})", f"{p['decode_tok_s']:.1f}",
                     f"{p['peak_mem_mb']:.0f}", fmt.size(p["state_bytes"]), fmt.pct(p["prefill_flops_frac"]),

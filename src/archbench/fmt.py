@@ -48,3 +48,13 @@ def count(parts: Sequence[float], totals: Sequence[int]) -> str:
 def label(model: str, untrained: bool) -> str:
     """A model's row label; untrained zoo models are marked everywhere."""
     return model + (" (untrained)" if untrained else "")
+
+
+def family(name: str | None, layers: str | None = None) -> str:
+    """A model's family with its layer mix when the mix says more than the name: 'hybrid: 1 attention + 3
+    mamba2', 'mamba'; '?' for unknown."""
+    if not name:
+        return "?"
+    if not layers or layers.split(" + ") == [f"{layers.split()[0]} {name}"]:
+        return name
+    return f"{name}: {layers}"

@@ -37,6 +37,7 @@ class LM:
     untrained: bool  # random-init zoo model
     max_len: int | None  # context window in tokens; None without attention layers (no positional limit)
     adapter: str | None = None
+    layers: str | None = None  # the layer mix, e.g. "2 attention + 6 mamba2" (families.layer_mix)
 
 
 def _offline() -> bool:
@@ -74,13 +75,16 @@ def load(name: str, *, device: str = "cpu", dtype: str = "float32", adapter: str
     accelerate place its layers over this node's devices (big-model inference) instead of `device`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import archbench.models  # noqa: F401  registers archbench's own model types (rwkv7) with transformers
+    import archbench.models  # noqa: F401  registers archbench's own model types (rwkv5/6/7) with transformers
+    from archbench.models import rwkv_world
 
     if dtype not in DTYPES:
         raise ModelError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     source, extra = resolve(name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+        tokenizer = None if extra else rwkv_world.for_remote_code(source)  # hub RWKV repos' remote-code class
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(source, **extra)
         placed = {"device_map": device_map} if device_map else {}
         model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **placed, **extra)
     except (OSError, ValueError) as err:  # hub errors subclass OSError
@@ -111,4 +115,5 @@ def load(name: str, *, device: str = "cpu", dtype: str = "float32", adapter: str
     return LM(name=name if adapter is None else f"{name}+{Path(adapter).name}", source=source, family=family,
               model_type=model.config.model_type, model=model, tokenizer=tokenizer, params=params,
               device=torch.device(device), dtype=DTYPES[dtype], untrained=untrained,
-              max_len=families.get(family).context_window(model.config), adapter=adapter)
+              max_len=families.get(family).context_window(model.config), adapter=adapter,
+              layers=families.layer_mix(families.get(family), model.config))

@@ -132,6 +132,7 @@ def model_points(res: dict) -> list[dict]:
                      and r["group"] == a["group"])
             points.append({"group": ev["group"], "run_id": ev["run_id"], "config": s["config"], "spec": s["task"],
                            "model": a["model"], "label": label(res, a["model"]), "family": m["family"],
+                           "layers": m.get("layers"),
                            "params": m["params"], "untrained": a["model"] in res["untrained"], "adapter": m["adapter"],
                            "n": n, "shots": a["shots"], "agg": a, "score": a[f"{top[-1]['name']}_mean"],
                            "score_label": f"{s['task']['title']} {top[-1]['label']}", "tok_s": a["gen_tok_s_mean"]})
@@ -144,7 +145,9 @@ def family_tables(points: list[dict]) -> list[tuple[str, list[str], list[list[st
     for family in [f for f in FAMILIES if any(p["family"] == f for p in points)] + \
             sorted({p["family"] for p in points} - set(FAMILIES)):
         ps = [{**p, "params": fmt.params(p["params"])} for p in points if p["family"] == family]
-        head, rows = tables.eval_table(ps[0]["spec"], ps, ("Model", "params"), settings)
+        first = ("Model", "layers", "params") if any(p["layers"] for p in ps) else ("Model", "params")
+        head, rows = tables.eval_table(ps[0]["spec"], [{**p, "layers": p["layers"] or "?"} for p in ps], first,
+                                       settings)
         out.append((family, head, rows))
     return out
 
@@ -227,8 +230,8 @@ def bench_table(points: list[dict]) -> tuple[list[str], list[list[str]]]:
         for _, key, spec in _BENCH_COLS:
             value = p.get(key)
             cells.append("-" if value is None else fmt.size(value) if spec == "size" else format(value, spec))
-        rows.append([p["label"], p.get("family", "?"), str(p["context"]), str(p["batch"]), p.get("status", "?"),
-                     *cells])
+        rows.append([p["label"], fmt.family(p.get("family"), p.get("layers")), str(p["context"]), str(p["batch"]),
+                     p.get("status", "?"), *cells])
     return header, rows
 
 

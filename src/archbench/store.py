@@ -2,7 +2,7 @@
 
 Tables
   runs         run_id, kind (eval/ask/bench/finetune), created, config, env
-  models       run_id, model, family, params, untrained, source, adapter
+  models       run_id, model, family, params, untrained, source, adapter, layers (the layer mix)
   predictions  one row per (run, model, shots, trial, example): prompt, prediction, golds, and the task's
                named scores and breakdown facts as JSON (`scores`, `meta`), so a new metric needs no new
                column. Stores written before `scores` existed (fixed em/f1/seed_em/contains columns) are
@@ -21,7 +21,7 @@ from pathlib import Path
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (run_id TEXT PRIMARY KEY, kind TEXT, created REAL, config TEXT, env TEXT);
 CREATE TABLE IF NOT EXISTS models (run_id TEXT, model TEXT, family TEXT, params INTEGER, untrained INTEGER,
-    source TEXT, adapter TEXT, PRIMARY KEY (run_id, model));
+    source TEXT, adapter TEXT, layers TEXT, PRIMARY KEY (run_id, model));
 CREATE TABLE IF NOT EXISTS predictions (run_id TEXT, model TEXT, shots INTEGER, trial INTEGER, example_id TEXT,
     shots_used INTEGER, context_truncated INTEGER, prompt_tokens INTEGER, new_tokens INTEGER, prompt TEXT,
     prediction TEXT, raw TEXT, golds TEXT, em REAL, f1 REAL, seed_em REAL, contains REAL, created REAL,
@@ -45,6 +45,9 @@ class Store:
 
     def _migrate(self) -> None:
         """Bring a store of an earlier release up to this schema without changing any stored value."""
+        if "layers" not in {r[1] for r in self.db.execute("PRAGMA table_info(models)")}:
+            with self.db:
+                self.db.execute("ALTER TABLE models ADD COLUMN layers TEXT")
         columns = {r[1] for r in self.db.execute("PRAGMA table_info(predictions)")}
         if "scores" in columns:
             return
@@ -83,8 +86,9 @@ class Store:
 
     def add_model(self, run_id: str, lm) -> None:
         with self.db:
-            self.db.execute("INSERT OR REPLACE INTO models VALUES (?,?,?,?,?,?,?)",
-                            (run_id, lm.name, lm.family, lm.params, int(lm.untrained), lm.source, lm.adapter))
+            self.db.execute("INSERT OR REPLACE INTO models VALUES (?,?,?,?,?,?,?,?)",
+                            (run_id, lm.name, lm.family, lm.params, int(lm.untrained), lm.source, lm.adapter,
+                             getattr(lm, "layers", None)))
 
     def models(self, run_id: str) -> dict[str, dict]:
         rows = self.db.execute("SELECT * FROM models WHERE run_id=? ORDER BY rowid", (run_id,)).fetchall()

@@ -72,7 +72,7 @@ def summarize(store: Store, run_id: str) -> dict:
         batches = [b for b in store.batches(run_id, model, shots, trial)
                    if _key(b["info"].get("group") or {}, spec["breakdown"]) == group]
         m = models.get(model, {})
-        meta = {"model": model, "family": m.get("family"), "params": m.get("params"),
+        meta = {"model": model, "family": m.get("family"), "layers": m.get("layers"), "params": m.get("params"),
                 "untrained": bool(m.get("untrained")), "adapter": m.get("adapter"), "shots": shots, "trial": trial,
                 "group": json.loads(group)}
         results.append(_result(spec, meta, rows, batches))

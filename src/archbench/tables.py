@@ -76,9 +76,10 @@ def summary_points(summary: dict) -> list[dict]:
     """The points of one summary for `eval_table`: one per aggregate, with its model's facts."""
     meta = {r["model"]: r for r in summary["results"]}
     return [{"label": fmt.label(a["model"], meta[a["model"]]["untrained"]), "agg": a,
+             "family": fmt.family(meta[a["model"]]["family"], meta[a["model"]].get("layers")),
              "n": next(r["n"] for r in summary["results"] if r["model"] == a["model"] and r["shots"] == a["shots"]
                        and r["group"] == a["group"]),
-             "family": meta[a["model"]]["family"] or "?", "params": fmt.params(meta[a["model"]]["params"])}
+             "params": fmt.params(meta[a["model"]]["params"])}
             for a in summary["aggregates"]]
 
 

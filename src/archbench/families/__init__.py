@@ -29,6 +29,7 @@ _MODULES = {  # family name -> module; the order is the order of tables and plot
     "mamba": "archbench.families.mamba",
     "mamba2": "archbench.families.mamba2",
     "rwkv": "archbench.families.rwkv",
+    "rwkv5": "archbench.families.rwkv5",
     "rwkv6": "archbench.families.rwkv6",
     "rwkv7": "archbench.families.rwkv7",
     "hybrid": "archbench.families.hybrid",

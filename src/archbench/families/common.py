@@ -1,7 +1,7 @@
 """Helpers shared by the family modules (no family imports another's code): padding-free prefill of
 recurrent models by row length, the fused-kernel check, the (conv, ssm) state and layer loop that Mamba
 and Mamba-2 share (norm -> mixer -> residual per block, the head on the last position), and prefill / step of
-archbench's own RWKV-6/7 models (models/: `base_model.run` carries an `RwkvState`)."""
+archbench's own RWKV-5/6/7 models (models/: `base_model.run` carries an `RwkvState`)."""
 from __future__ import annotations
 
 import importlib.util
@@ -73,12 +73,15 @@ def ssm_state_bytes(state: SsmState) -> int:
     return sum(t.numel() * t.element_size() for t in state.conv + state.ssm)
 
 
+SSM_STATE_OPS = dict(select=ssm_select, cat=ssm_cat, state_bytes=ssm_state_bytes)  # a Family's state functions
+
+
 def tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
 def rwkv_run(model, ids: torch.Tensor, state):
-    """ids (B, T) after `state` through an archbench RWKV model (models/rwkv6.py, rwkv7.py); returns
+    """ids (B, T) after `state` through an archbench RWKV model (models/rwkv5.py, rwkv6.py, rwkv7.py); returns
     (state, (B, V) fp32 logits of the last position)."""
     hidden, state = model.base_model.run(ids, state)
     return state, model.get_output_embeddings()(hidden[:, -1]).float()

@@ -16,15 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from archbench.families import Family
-from archbench.families.common import (
-    SsmState,
-    mamba_ssm_fused,
-    ssm_cat,
-    ssm_prefill,
-    ssm_run_layers,
-    ssm_select,
-    ssm_state_bytes,
-)
+from archbench.families.common import SSM_STATE_OPS, SsmState, mamba_ssm_fused, ssm_prefill, ssm_run_layers
 
 CHUNK = 128  # prefill rows * positions scanned at once: memory ~ CHUNK * d_inner * d_state floats
 # State: SsmState with conv (B, d_inner, conv_kernel - 1) and ssm (B, d_inner, d_state) fp32 per layer
@@ -118,6 +110,6 @@ FAMILY = Family(
     seed_style="seed-mamba", lora_targets={"*": ["in_proj", "x_proj", "dt_proj"]},
     pad_safe=True,  # transformers zeroes padded positions before the conv and the scan
     layer_kinds=lambda cfg: ["mamba"] * cfg.num_hidden_layers,
-    prefill=prefill, step=step, select=ssm_select, cat=ssm_cat, state_bytes=ssm_state_bytes, kernel=kernel,
+    prefill=prefill, step=step, kernel=kernel, **SSM_STATE_OPS,
     lora_refused=frozenset({"out_proj", "conv1d"}),  # peft >= 0.21 refuses LoRA on these for Mamba models
 )

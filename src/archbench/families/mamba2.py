@@ -16,15 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from archbench.families import Family
-from archbench.families.common import (
-    SsmState,
-    mamba_ssm_fused,
-    ssm_cat,
-    ssm_prefill,
-    ssm_run_layers,
-    ssm_select,
-    ssm_state_bytes,
-)
+from archbench.families.common import SSM_STATE_OPS, SsmState, mamba_ssm_fused, ssm_prefill, ssm_run_layers
 
 # State: SsmState with conv (B, conv_dim, conv_kernel - 1) and ssm (B, heads, head_dim, d_state) fp32 per layer
 
@@ -125,6 +117,6 @@ FAMILY = Family(
     seed_style="seed-mamba", lora_targets={"*": ["in_proj"]},
     pad_safe=True,  # transformers masks padded positions (apply_mask_to_padding_states)
     layer_kinds=lambda cfg: ["mamba2"] * cfg.num_hidden_layers,
-    prefill=prefill, step=step, select=ssm_select, cat=ssm_cat, state_bytes=ssm_state_bytes, kernel=kernel,
+    prefill=prefill, step=step, kernel=kernel, **SSM_STATE_OPS,
     lora_refused=frozenset({"out_proj", "conv1d"}),  # peft >= 0.21 refuses LoRA on these for Mamba models
 )

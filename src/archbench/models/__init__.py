@@ -1,5 +1,5 @@
 """archbench's own transformers models, for architectures transformers does not ship (RWKV-7: rwkv7.py,
-RWKV-6: rwkv6.py).
+RWKV-6: rwkv6.py, RWKV-5: rwkv5.py).
 
 Importing this package registers them with transformers' AutoConfig / AutoModelForCausalLM, so
 `save_pretrained` directories (and fla-hub HF-format RWKV-7 repos, which use the same model_type and names)
@@ -8,6 +8,7 @@ converted to such a directory by rwkv_convert.py; RWKV's "world" tokenizer is rw
 """
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from archbench.models.rwkv5 import Rwkv5Config, Rwkv5ForCausalLM
 from archbench.models.rwkv6 import Rwkv6Config, Rwkv6ForCausalLM
 from archbench.models.rwkv7 import Rwkv7Config, Rwkv7ForCausalLM
 from archbench.models.rwkv_world import RwkvWorldTokenizer
@@ -18,7 +19,12 @@ AutoTokenizer.register(Rwkv7Config, tokenizer_class=RwkvWorldTokenizer, exist_ok
 AutoConfig.register("rwkv6", Rwkv6Config, exist_ok=True)
 AutoModelForCausalLM.register(Rwkv6Config, Rwkv6ForCausalLM, exist_ok=True)
 AutoTokenizer.register(Rwkv6Config, tokenizer_class=RwkvWorldTokenizer, exist_ok=True)
+AutoConfig.register("rwkv5", Rwkv5Config, exist_ok=True)
+AutoModelForCausalLM.register(Rwkv5Config, Rwkv5ForCausalLM, exist_ok=True)
+AutoTokenizer.register(Rwkv5Config, tokenizer_class=RwkvWorldTokenizer, exist_ok=True)
 
-CONFIGS = {"Rwkv6Config": Rwkv6Config, "Rwkv7Config": Rwkv7Config}  # class name -> class, for zoo.py
+# class name -> class, for zoo.py
+CONFIGS = {"Rwkv5Config": Rwkv5Config, "Rwkv6Config": Rwkv6Config, "Rwkv7Config": Rwkv7Config}
 
-__all__ = ["CONFIGS", "Rwkv6Config", "Rwkv6ForCausalLM", "Rwkv7Config", "Rwkv7ForCausalLM", "RwkvWorldTokenizer"]
+__all__ = ["CONFIGS", "Rwkv5Config", "Rwkv5ForCausalLM", "Rwkv6Config", "Rwkv6ForCausalLM", "Rwkv7Config",
+           "Rwkv7ForCausalLM", "RwkvWorldTokenizer"]

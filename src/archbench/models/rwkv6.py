@@ -27,7 +27,13 @@ from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers import initialization as init
 
 from archbench.models.rwkv7 import shift
-from archbench.models.rwkv_state import RwkvState, causal_lm_forward
+from archbench.models.rwkv_state import (
+    RwkvState,
+    causal_lm_forward,
+    input_embeddings,
+    set_input_embeddings,
+    whole_sequence_inputs,
+)
 from archbench.models.wkv6 import wkv6
 
 
@@ -184,20 +190,10 @@ class Rwkv6ForCausalLM(Rwkv6PreTrainedModel, GenerationMixin):
         self.head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.rwkv.embeddings
-
-    def set_input_embeddings(self, value):
-        self.rwkv.embeddings = value
-
     def get_output_embeddings(self):
         return self.head
 
-    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, **kwargs) -> dict:
-        """transformers' `generate` (archbench's --engine hf) reruns the whole sequence each step: no cache
-        object, so correct but quadratic; archbench's engine carries the state instead."""
-        return {"input_ids": input_ids}
-
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, attention_mask=None,
-                logits_to_keep: int | torch.Tensor = 0, **kwargs):
-        return causal_lm_forward(self, input_ids, labels, attention_mask, logits_to_keep)
+    # models/rwkv_state.py: embedding accessors, generate() inputs (the whole sequence each step) and the
+    # whole-sequence forward (input_ids (B, T), labels, attention_mask -> CausalLMOutput, left padding refused)
+    get_input_embeddings, set_input_embeddings = input_embeddings, set_input_embeddings
+    prepare_inputs_for_generation, forward = whole_sequence_inputs, causal_lm_forward

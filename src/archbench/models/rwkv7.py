@@ -34,7 +34,13 @@ from torch import nn
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers import initialization as init
 
-from archbench.models.rwkv_state import RwkvState, causal_lm_forward
+from archbench.models.rwkv_state import (
+    RwkvState,
+    causal_lm_forward,
+    input_embeddings,
+    set_input_embeddings,
+    whole_sequence_inputs,
+)
 from archbench.models.wkv7 import wkv7
 
 DECAY_SCALE = math.exp(-0.5)  # log w = -exp(-0.5) * sigmoid(.): every decay lies in (0.545, 1)
@@ -230,20 +236,10 @@ class Rwkv7ForCausalLM(Rwkv7PreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.model.embeddings
-
-    def set_input_embeddings(self, value):
-        self.model.embeddings = value
-
     def get_output_embeddings(self):
         return self.lm_head
 
-    def prepare_inputs_for_generation(self, input_ids: torch.Tensor, **kwargs) -> dict:
-        """transformers' `generate` (archbench's --engine hf) reruns the whole sequence each step: no cache
-        object, so correct but quadratic; archbench's engine carries the state instead."""
-        return {"input_ids": input_ids}
-
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, attention_mask=None,
-                logits_to_keep: int | torch.Tensor = 0, **kwargs):
-        return causal_lm_forward(self, input_ids, labels, attention_mask, logits_to_keep)
+    # models/rwkv_state.py: embedding accessors, generate() inputs (the whole sequence each step) and the
+    # whole-sequence forward (input_ids (B, T), labels, attention_mask -> CausalLMOutput, left padding refused)
+    get_input_embeddings, set_input_embeddings = input_embeddings, set_input_embeddings
+    prepare_inputs_for_generation, forward = whole_sequence_inputs, causal_lm_forward

@@ -8,6 +8,9 @@ end-of-text token. Encoding is greedy longest match on the UTF-8 bytes, as the p
 start with. Here the trie is nested dicts. Token strings are the token's bytes read as latin-1 (one char per
 byte, so tokens that split a multi-byte UTF-8 character still round-trip); decoding joins the bytes and reads
 them as UTF-8.
+
+The hub's RWKV repos declare the same tokenizer as remote code under other class names (`REMOTE_NAMES`);
+`for_remote_code` gives this class for them instead (loading.py asks it first), so they load without remote code.
 """
 from __future__ import annotations
 
@@ -21,6 +24,9 @@ from transformers import PreTrainedTokenizer
 
 VOCAB_FILE = "rwkv_vocab_v20230424.txt"
 _END = -1  # trie key holding the id of the token that ends at a node
+# tokenizer_config.json `tokenizer_class` of the hub repos whose remote code is this tokenizer: RWKV/rwkv-4-world-*
+# (RWKVWorldTokenizer), RWKV/rwkv-5-world-* (Rwkv5Tokenizer), RWKV/v6-Finch-*-HF (RwkvTokenizer)
+REMOTE_NAMES = frozenset({"RWKVWorldTokenizer", "Rwkv5Tokenizer", "RwkvTokenizer"})
 
 
 def package_vocab() -> Path | None:
@@ -119,6 +125,22 @@ class RwkvWorldTokenizer(PreTrainedTokenizer):
         if Path(self.vocab_file).resolve() != out.resolve():
             shutil.copyfile(self.vocab_file, out)
         return (str(out),)
+
+
+def for_remote_code(source: str) -> RwkvWorldTokenizer | None:
+    """The world tokenizer for a model directory or hub id whose tokenizer_config.json names one of
+    `REMOTE_NAMES`, read from the vocabulary file beside the model or, when there is none (RWKV-4 world repos ship
+    a JSON form of it), from the `rwkv` package's copy of the same vocabulary; None for any other tokenizer."""
+    from transformers.models.auto.tokenization_auto import get_tokenizer_config
+    from transformers.utils import cached_file
+
+    if get_tokenizer_config(source).get("tokenizer_class") not in REMOTE_NAMES:
+        return None
+    vocab = cached_file(source, VOCAB_FILE, _raise_exceptions_for_missing_entries=False,
+                        _raise_exceptions_for_connection_errors=False) or package_vocab()
+    if vocab is None:
+        raise ValueError(f"{source}: no {VOCAB_FILE} for its RWKV world tokenizer (pip install rwkv ships one)")
+    return RwkvWorldTokenizer(str(vocab))
 
 
 def _merge_bytes(tokens: list[str], special) -> list[str]:

@@ -68,36 +68,42 @@ def _values(option: str, value) -> list[str]:
     return parts
 
 
-def positive_ints(option: str, value) -> tuple[int, ...]:
-    """A non-empty tuple of distinct positive integers, from a sequence or a "512,1024" string."""
-    out = []
-    for part in _values(option, value):
-        try:
-            number = int(part)
-        except (TypeError, ValueError):
-            raise ConfigError(f"--{option}: {part!r} is not an integer") from None
-        if number < 1 or number != float(part):
-            raise ConfigError(f"--{option}: {part!r} is not a positive integer")
-        out.append(number)
+def _distinct(option: str, value, convert) -> tuple:
+    """A non-empty tuple of distinct values, each `convert(option, part)`, from a sequence or a "a,b" string."""
+    out = [convert(option, part) for part in _values(option, value)]
     if len(set(out)) != len(out):
         raise ConfigError(f"--{option}: repeated value in {out}")
     return tuple(out)
+
+
+def _positive_int(option: str, part) -> int:
+    try:
+        number = int(part)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--{option}: {part!r} is not an integer") from None
+    if number < 1 or number != float(part):
+        raise ConfigError(f"--{option}: {part!r} is not a positive integer")
+    return number
+
+
+def _fraction(option: str, part) -> float:
+    try:
+        number = float(part)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--{option}: {part!r} is not a number") from None
+    if not 0.0 <= number <= 1.0:
+        raise ConfigError(f"--{option}: {number} is outside [0, 1]")
+    return number
+
+
+def positive_ints(option: str, value) -> tuple[int, ...]:
+    """A non-empty tuple of distinct positive integers, from a sequence or a "512,1024" string."""
+    return _distinct(option, value, _positive_int)
 
 
 def fractions(option: str, value) -> tuple[float, ...]:
     """A non-empty tuple of distinct numbers in [0, 1] (0 = first, 1 = last), from a sequence or a string."""
-    out = []
-    for part in _values(option, value):
-        try:
-            number = float(part)
-        except (TypeError, ValueError):
-            raise ConfigError(f"--{option}: {part!r} is not a number") from None
-        if not 0.0 <= number <= 1.0:
-            raise ConfigError(f"--{option}: {number} is outside [0, 1]")
-        out.append(number)
-    if len(set(out)) != len(out):
-        raise ConfigError(f"--{option}: repeated value in {out}")
-    return tuple(out)
+    return _distinct(option, value, _fraction)
 
 
 def slot(fraction: float, n: int) -> int:
