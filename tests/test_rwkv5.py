@@ -4,95 +4,36 @@ layout: whole-sequence logits within 1e-4 of the package's logit scale and the w
 and greedy tokens, RWKV-5's chunked state update against a plain per-token loop, batch composition and a shared
 prefix never changing an output through the engine, an HF-format hub-style directory (remote-code config and
 tokenizer declarations, hub parameter names) loading without remote code to the same model as the `.pth`, and
-save_pretrained -> from_pretrained with training.
+save_pretrained -> from_pretrained with training. The set-up and checks the three RWKV versions share are in
+rwkv_reference.py.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import math
 
 import pytest
 import torch
 
+import rwkv_reference as shared
 from archbench.families import rwkv5 as fam
 from archbench.models.rwkv5 import Rwkv5Config, Rwkv5ForCausalLM, wkv5
-from archbench.models.rwkv_convert import cached, random_pth
-
-VOCAB, WIDTH, LAYERS, HEAD = 500, 128, 3, 64
-REL = 1e-4  # max |logit difference| / max |reference logit|
-
-
-def _rwkv_package():
-    """A private copy of `rwkv.model` with its v4-v6 path (RWKV_V7_ON off); it reads RWKV_* env vars at import,
-    construction and forward time (the fixture keeps them set) and flips global TF32 switches (restored)."""
-    spec = importlib.util.find_spec("rwkv.model") if importlib.util.find_spec("rwkv") else None
-    if spec is None:
-        pytest.skip("BlinkDL's `rwkv` package is not installed (pip install rwkv)")
-    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    private = importlib.util.spec_from_file_location("_rwkv_model_v5", spec.origin)
-    mod = importlib.util.module_from_spec(private)
-    private.loader.exec_module(mod)
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
-    return mod
+from archbench.models.rwkv_convert import random_pth
+from rwkv_reference import HEAD, LAYERS, VOCAB, WIDTH
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    """(the rwkv package's model, archbench's model, the BlinkDL state dict) on the same random RWKV-5.2 weights."""
-    tmp = tmp_path_factory.mktemp("rwkv5")
-    sd = random_pth(tmp / "tiny.pth", vocab=VOCAB, width=WIDTH, layers=LAYERS, head=HEAD, version=5)
-    with pytest.MonkeyPatch.context() as mp:
-        for key in ("RWKV_V7_ON", "RWKV_JIT_ON", "RWKV_CUDA_ON"):
-            mp.setenv(key, "0")
-        ref = _rwkv_package().RWKV(model=str(tmp / "tiny"), strategy="cpu fp32", verbose=False)
-        assert ref.version == 5.2  # the package read the file as RWKV-5.2, the layout random_pth(version=5) writes
-        yield ref, Rwkv5ForCausalLM.from_pretrained(str(cached(tmp / "tiny.pth", tmp / "cache"))).eval(), sd
-
-
-def _ids(n: int, seed: int) -> list[int]:
-    return torch.randint(0, VOCAB, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
-
-
-def _rel(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((ours - ref).abs().max() / ref.abs().max()).item()
+    """The rwkv package's model (which must read the file as RWKV-5.2), archbench's model and the BlinkDL state
+    dict on the same random RWKV-5.2 weights (rwkv_reference.Pair)."""
+    yield from shared.pair(tmp_path_factory, 5, Rwkv5ForCausalLM, fam.FAMILY)
 
 
 def test_prefill_logits_and_state_match_rwkv_package(pair):
-    ref, model, _ = pair
-    ids = _ids(70, 1)  # crosses four chunk boundaries (CHUNK = 16)
-    with torch.no_grad():
-        want, ref_state = ref.forward(ids, None, full_output=True)
-        got = model(torch.tensor([ids])).logits[0]
-        state, last = fam.FAMILY.prefill(model, [ids])
-    print(f"\nRWKV-5 prefill of 70 tokens vs rwkv package: max abs {(got - want).abs().max():.2e}, "
-          f"relative {_rel(got, want):.2e}")
-    assert _rel(got, want) < REL and _rel(last[0], want[-1]) < REL
-    for i in range(LAYERS):
-        assert torch.allclose(state.att_x[i][0], ref_state[3 * i], atol=1e-5)
-        assert _rel(state.wkv[i][0], ref_state[3 * i + 1]) < REL
-        assert torch.allclose(state.ffn_x[i][0], ref_state[3 * i + 2], atol=1e-5)
+    shared.check_prefill_matches_package(pair, 70)  # crosses four chunk boundaries (CHUNK = 16)
 
 
 def test_steps_and_greedy_tokens_match_rwkv_package(pair):
-    ref, model, _ = pair
-    worst, gap = 0.0, math.inf
-    with torch.no_grad():
-        want, ref_state = ref.forward(_ids(30, 2), None)
-        state, got = fam.FAMILY.prefill(model, [_ids(30, 2)])
-        ours, theirs = [], []
-        for _ in range(40):
-            worst = max(worst, _rel(got[0], want))
-            top = want.topk(2).values
-            gap = min(gap, (top[0] - top[1]).item())
-            theirs.append(int(want.argmax()))
-            ours.append(int(got[0].argmax()))
-            want, ref_state = ref.forward([theirs[-1]], ref_state)  # the package's one-token path (att_one_v5_1)
-            state, got = fam.FAMILY.step(model, torch.tensor([ours[-1]]), state)
-    print(f"\nRWKV-5 40 steps vs rwkv package: max relative logit difference {worst:.2e}, "
-          f"smallest reference top-2 gap {gap:.2e}")
-    assert worst < REL
-    assert ours == theirs
+    shared.check_steps_match_package(pair)  # the package's one-token path: att_one_v5_1
 
 
 def _wkv5_loop(r, decay, k, v, u, s):
@@ -121,15 +62,7 @@ def test_chunked_wkv5_equals_per_token_loop(length):
 
 
 def test_batch_composition_and_prefix_never_change_outputs(pair):
-    _, model, _ = pair
-    prefix, rows = _ids(40, 3), [_ids(n, 10 + n) for n in (7, 31, 18, 7, 1)]
-    with torch.no_grad():
-        state, logits = fam.FAMILY.prefill(model, rows, fam.FAMILY.prefill(model, [prefix])[0])
-        for j, row in enumerate(rows):
-            alone_state, alone = fam.FAMILY.prefill(model, [prefix + row])
-            assert _rel(logits[j], alone[0]) < REL
-            _, nxt = fam.FAMILY.step(model, logits[j:j + 1].argmax(-1), fam.FAMILY.select(state, torch.tensor([j])))
-            assert _rel(nxt[0], fam.FAMILY.step(model, alone.argmax(-1), alone_state)[1][0]) < REL
+    shared.check_batch_with_prefix_equals_alone(pair, (7, 31, 18, 7, 1), keeps=[[0], [1], [2], [3], [4]])
 
 
 def test_engine_batches_and_prefix_cache_match_batch_one(pair, tmp_path):
@@ -138,17 +71,15 @@ def test_engine_batches_and_prefix_cache_match_batch_one(pair, tmp_path):
     from archbench import engine
     from archbench.config import GenConfig
     from archbench.loading import load
-    from archbench.models.rwkv_world import RwkvWorldTokenizer, package_vocab
+    from archbench.models.rwkv_world import RwkvWorldTokenizer
 
-    if package_vocab() is None:
-        pytest.skip("the world vocabulary ships with the `rwkv` package")
-    _, model, _ = pair
-    model.save_pretrained(str(tmp_path))
-    RwkvWorldTokenizer(str(package_vocab())).save_pretrained(str(tmp_path))
+    vocab = shared.world_vocab()
+    pair.model.save_pretrained(str(tmp_path))
+    RwkvWorldTokenizer(str(vocab)).save_pretrained(str(tmp_path))
     lm = load(str(tmp_path))
     assert lm.family == "rwkv5" and engine.kernel(lm).startswith("torch-wkv5-chunked")
-    prefix = _ids(40, 6)
-    ids = [prefix + _ids(n, 20 + n) for n in (7, 31, 18, 44, 25)]
+    prefix = shared.ids(40, 6)
+    ids = [prefix + shared.ids(n, 20 + n) for n in (7, 31, 18, 44, 25)]
 
     def tokens(batch_size: int, share: bool) -> list[list[int]]:
         out, gen = [None] * len(ids), GenConfig(max_new_tokens=8, min_new_tokens=8, stop=(), batch_size=batch_size)
@@ -187,7 +118,7 @@ def _hub_dir(path, sd: dict) -> None:
     """A directory laid out like RWKV/rwkv-5-world-3b: remote-code config and tokenizer declarations (auto_map),
     the hub config's fields (num_attention_heads holding the head size, rescale_every, no intermediate_size),
     pytorch_model.bin with the hub's names, the world vocabulary file."""
-    from archbench.models.rwkv_world import VOCAB_FILE, package_vocab
+    from archbench.models.rwkv_world import VOCAB_FILE
 
     path.mkdir()
     config = {"architectures": ["Rwkv5ForCausalLM"], "model_type": "rwkv5", "auto_map": {
@@ -199,18 +130,15 @@ def _hub_dir(path, sd: dict) -> None:
     (path / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "Rwkv5Tokenizer", "use_fast": False,
         "auto_map": {"AutoTokenizer": ["tokenization_rwkv5.Rwkv5Tokenizer", None]}}))
-    (path / VOCAB_FILE).write_bytes(package_vocab().read_bytes())
+    (path / VOCAB_FILE).write_bytes(shared.world_vocab().read_bytes())
     torch.save(_hub_names(sd), path / "pytorch_model.bin")
 
 
 def test_hub_directory_loads_without_remote_code_and_equals_pth(pair, tmp_path):
     from archbench.loading import load
-    from archbench.models.rwkv_world import package_vocab
 
-    if package_vocab() is None:
-        pytest.skip("the world vocabulary ships with the `rwkv` package")
-    _, model, sd = pair
-    _hub_dir(tmp_path / "hub", sd)
+    model = pair.model
+    _hub_dir(tmp_path / "hub", pair.sd)
     lm = load(str(tmp_path / "hub"))
     assert lm.family == "rwkv5" and type(lm.model) is Rwkv5ForCausalLM
     assert type(lm.tokenizer).__name__ == "RwkvWorldTokenizer"
@@ -218,7 +146,7 @@ def test_hub_directory_loads_without_remote_code_and_equals_pth(pair, tmp_path):
     assert lm.model.config.num_attention_heads == WIDTH // HEAD
     ours, theirs = lm.model.state_dict(), model.state_dict()
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
-    ids = torch.tensor([_ids(40, 5)])
+    ids = torch.tensor([shared.ids(40, 5)])
     with torch.no_grad():
         assert torch.equal(lm.model(ids).logits, model(ids).logits)
     text = "RWKV-5 \"Eagle\" 鹰 — round trip\n"
@@ -230,20 +158,16 @@ def test_remote_code_world_tokenizer_loads_builtin(tmp_path, declared):
     """A tokenizer_config.json naming the hub's remote-code world tokenizer (RWKV-5 / RWKV-4 world repos) gives
     archbench's RwkvWorldTokenizer without remote code; without a .txt vocabulary beside it (RWKV-4 world repos
     ship a JSON one), the rwkv package's copy of the same vocabulary is used."""
-    from archbench.models.rwkv_world import for_remote_code, package_vocab
+    from archbench.models.rwkv_world import for_remote_code
 
-    if package_vocab() is None:
-        pytest.skip("the world vocabulary ships with the `rwkv` package")
+    blinkdl = shared.blinkdl_world_tokenizer()
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": declared, "auto_map": {"AutoTokenizer": [f"tokenization.{declared}", None]}}))
     tok = for_remote_code(str(tmp_path))
     assert type(tok).__name__ == "RwkvWorldTokenizer" and tok.eos_token_id == 0
-    spec = importlib.util.spec_from_file_location("_rwkv_tokenizer", package_vocab().parent / "rwkv_tokenizer.py")
-    blinkdl = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(blinkdl)
     text = "Question: Who is Albert Einstein?\nAnswer: 物理学家 🧪"
     ids = tok(text)["input_ids"]
-    assert ids == blinkdl.TRIE_TOKENIZER(str(package_vocab())).encode(text) and tok.decode(ids) == text
+    assert ids == blinkdl.encode(text) and tok.decode(ids) == text
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer"}))
     assert for_remote_code(str(tmp_path)) is None  # any other tokenizer: transformers' own path
 
@@ -263,20 +187,5 @@ def test_save_pretrained_round_trip_and_training(tmp_path):
     torch.manual_seed(0)
     model = Rwkv5ForCausalLM(cfg)
     ids = torch.randint(0, 64, (2, 40))
-    model.save_pretrained(str(tmp_path))
-    from transformers import AutoModelForCausalLM
-
-    import archbench.models  # noqa: F401  registers rwkv5
-
-    again = AutoModelForCausalLM.from_pretrained(str(tmp_path))
-    with torch.no_grad():
-        assert torch.equal(again(ids).logits, model(ids).logits)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(8):
-        loss = model(ids, labels=ids).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0] - 0.1, losses
+    shared.check_save_pretrained_round_trip(model, ids, tmp_path)
+    shared.check_training_lowers_loss(model, ids)

@@ -9,104 +9,41 @@ loading.load, the .pth cache and its one-line errors, and that the model trains 
 """
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
 
 import pytest
 import torch
 
+import rwkv_reference as shared
 from archbench.families import rwkv7 as fam
 from archbench.models import rwkv_convert
 from archbench.models.rwkv7 import Rwkv7Config, Rwkv7ForCausalLM
 from archbench.models.rwkv_convert import random_pth
 from archbench.models.wkv7 import wkv7_chunked, wkv7_step
+from rwkv_reference import HEAD, LAYERS, VOCAB, WIDTH
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # the rwkv package's RWKV-7 path
-VOCAB, WIDTH, LAYERS, HEAD = 500, 128, 3, 64
-REL = 1e-4  # max |logit difference| / max |reference logit|
-
-
-def _rwkv_package_v7():
-    """A private copy of `rwkv.model` imported with its RWKV-7 path on (it reads env vars at import time, and
-    flips global TF32 switches: restored here)."""
-    spec = importlib.util.find_spec("rwkv.model") if importlib.util.find_spec("rwkv") else None
-    if spec is None:
-        pytest.skip("BlinkDL's `rwkv` package is not installed (pip install rwkv)")
-    env = {k: os.environ.get(k) for k in ("RWKV_V7_ON", "RWKV_JIT_ON", "RWKV_CUDA_ON")}
-    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    os.environ.update(RWKV_V7_ON="1", RWKV_JIT_ON="0", RWKV_CUDA_ON="0")
-    try:
-        private = importlib.util.spec_from_file_location("_rwkv_model_v7", spec.origin)
-        mod = importlib.util.module_from_spec(private)
-        private.loader.exec_module(mod)
-    finally:
-        for k, v in env.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
-    return mod
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    """(the rwkv package's model, archbench's model) on the same random weights."""
-    tmp = tmp_path_factory.mktemp("rwkv7")
-    random_pth(tmp / "tiny.pth", vocab=VOCAB, width=WIDTH, layers=LAYERS)
-    ref = _rwkv_package_v7().RWKV(model=str(tmp / "tiny"), strategy="cpu fp32")
-    path = rwkv_convert.cached(tmp / "tiny.pth", tmp / "cache")
-    return ref, Rwkv7ForCausalLM.from_pretrained(str(path)).eval()
-
-
-def _ids(n: int, seed: int) -> list[int]:
-    return torch.randint(0, VOCAB, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
-
-
-def _rel(ours: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((ours - ref).abs().max() / ref.abs().max()).item()
+    """The rwkv package's model (its RWKV-7 path: RWKV_V7_ON=1) and archbench's on the same random weights
+    (rwkv_reference.Pair)."""
+    yield from shared.pair(tmp_path_factory, 7, Rwkv7ForCausalLM, fam.FAMILY)
 
 
 def test_prefill_logits_match_rwkv_package(pair):
-    ref, model = pair
-    ids = _ids(80, 1)  # crosses two chunk boundaries (CHUNK = 32)
-    with torch.no_grad():
-        want, ref_state = ref.forward(ids, None, full_output=True)  # (T, V)
-        got = model(torch.tensor([ids])).logits[0]
-        state, last = fam.FAMILY.prefill(model, [ids])
-    print(f"\nRWKV-7 prefill of 80 tokens vs rwkv package: max abs {(got - want).abs().max():.2e}, "
-          f"relative {_rel(got, want):.2e}")
-    assert _rel(got, want) < REL
-    assert _rel(last[0], want[-1]) < REL
-    for i in range(LAYERS):  # the states themselves: token shifts and the (H, N, N) wkv matrix
-        assert torch.allclose(state.att_x[i][0], ref_state[3 * i], atol=1e-5)
-        assert _rel(state.wkv[i][0], ref_state[3 * i + 1]) < REL
-        assert torch.allclose(state.ffn_x[i][0], ref_state[3 * i + 2], atol=1e-5)
+    shared.check_prefill_matches_package(pair, 80)  # crosses two chunk boundaries (CHUNK = 32)
 
 
 def test_steps_and_greedy_tokens_match_rwkv_package(pair):
-    ref, model = pair
-    prompt, worst, gap = _ids(30, 2), 0.0, math.inf
-    with torch.no_grad():
-        want, ref_state = ref.forward(prompt, None)
-        state, got = fam.FAMILY.prefill(model, [prompt])
-        ours, theirs = [], []
-        for _ in range(40):  # each side feeds its own greedy token back: identical tokens are required
-            worst = max(worst, _rel(got[0], want))
-            top = want.topk(2).values
-            gap = min(gap, (top[0] - top[1]).item())
-            theirs.append(int(want.argmax()))
-            ours.append(int(got[0].argmax()))
-            want, ref_state = ref.forward([theirs[-1]], ref_state)
-            state, got = fam.FAMILY.step(model, torch.tensor([ours[-1]]), state)
-    print(f"\nRWKV-7 40 steps vs rwkv package: max relative logit difference {worst:.2e}, "
-          f"smallest reference top-2 gap {gap:.2e}")
-    assert worst < REL
-    assert ours == theirs
+    shared.check_steps_match_package(pair)
 
 
 def test_hf_generate_equals_engine_steps(pair):
     """transformers' `generate` (the --engine hf path) on the model gives the family's greedy tokens."""
-    _, model = pair
-    ids = torch.tensor([_ids(20, 5)])
+    model = pair.model
+    ids = torch.tensor([shared.ids(20, 5)])
     with torch.inference_mode():
         out = model.generate(ids, max_new_tokens=6, do_sample=False)[0, 20:].tolist()
         state, logits = fam.FAMILY.prefill(model, ids)
@@ -125,35 +62,15 @@ def test_chunked_form_equals_recurrence():
     kk = torch.nn.functional.normalize(torch.randn(b, h, t, n, dtype=torch.float64), dim=-1)
     a, bb = -kk, kk * torch.rand(b, h, t, n, dtype=torch.float64)
     s0 = torch.randn(b, h, n, n, dtype=torch.float64)
-    outs, s = [], s0
-    for i in range(t):
-        o, s = wkv7_step(*(x[:, :, i] for x in (r, logw, k, v, a, bb)), s)
-        outs.append(o)
-    for chunk in (1, 16, 32, 75):
-        o, s_end = wkv7_chunked(r, logw, k, v, a, bb, s0, chunk=chunk)
-        assert torch.allclose(o, torch.stack(outs, 2), atol=1e-9, rtol=1e-9), chunk
-        assert torch.allclose(s_end, s, atol=1e-9, rtol=1e-9), chunk
+    seqs = (r, logw, k, v, a, bb)
+    shared.check_chunked_equals_steps(wkv7_step, wkv7_chunked, seqs, (), s0, chunks=(1, 16, 32, 75))
 
 
 def test_batched_prefill_with_prefix_equals_batch_one(pair):
     """A shared batch-1 prefix state, suffixes of mixed (and repeated) lengths, rows leaving the batch: every
-    row's logits equal running it alone from the zero state."""
-    _, model = pair
-    prefix = _ids(40, 3)
-    rows = [_ids(n, 10 + n) for n in (7, 31, 18, 44, 7, 1)]
-    with torch.no_grad():
-        pstate, _ = fam.FAMILY.prefill(model, [prefix])
-        state, logits = fam.FAMILY.prefill(model, rows, pstate)
-        alone = [fam.FAMILY.prefill(model, [prefix + r]) for r in rows]
-        for j in range(len(rows)):
-            assert _rel(logits[j], alone[j][1][0]) < REL
-        keep = torch.tensor([0, 2, 3, 5])  # rows 1 and 4 finish
-        state = fam.FAMILY.select(state, keep)
-        tokens = logits[keep].argmax(-1)
-        state, logits = fam.FAMILY.step(model, tokens, state)
-        for j, i in enumerate(keep.tolist()):
-            _, want = fam.FAMILY.step(model, tokens[j:j + 1], alone[i][0])
-            assert _rel(logits[j], want[0]) < REL
+    row's logits equal running it alone from the zero state, and so do the next logits of the rows left; then
+    cat, select and state_bytes on that state."""
+    state = shared.check_batch_with_prefix_equals_alone(pair, (7, 31, 18, 44, 7, 1), keeps=[[0, 2, 3, 5]])
     both = fam.FAMILY.cat([fam.FAMILY.select(state, torch.tensor([1])), fam.FAMILY.select(state, torch.tensor([0]))])
     assert torch.equal(both.wkv[0][0], state.wkv[0][1])
     per_layer = 4 * (2 * WIDTH + WIDTH // HEAD * HEAD * HEAD)
@@ -193,7 +110,7 @@ def test_save_pretrained_then_load(tmp_path):
     zoo._tokenizer().save_pretrained(str(tmp_path))
     lm = load(str(tmp_path))
     assert (lm.family, lm.model_type, lm.max_len) == ("rwkv7", "rwkv7", None)
-    ids = torch.tensor([_ids(20, 4)])
+    ids = torch.tensor([shared.ids(20, 4)])
     with torch.no_grad():
         assert torch.equal(lm.model(ids).logits, model(ids).logits)
 
@@ -228,16 +145,7 @@ def test_left_padding_refused_and_training_lowers_loss():
     assert torch.allclose(model(ids, attention_mask=right).logits[1, :30], model(ids[1:, :30]).logits[0], atol=1e-5)
     keep = torch.rand(2, 40, generator=torch.Generator().manual_seed(0)) > 0.5  # finetune's loss_sum asks this
     assert torch.equal(model(ids, logits_to_keep=keep).logits, model(ids).logits[keep])
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(8):
-        loss = model(ids, labels=ids).loss
-        opt.zero_grad()
-        loss.backward()
-        assert all(p.grad is not None for n, p in model.named_parameters()), "a parameter got no gradient"
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0] - 0.1, losses
+    shared.check_training_lowers_loss(model, ids, every_grad=True)
 
 
 WORLD_TEXTS = ["Hello world!", "  two spaces\n\n\ttab, and <|endoftext|> as plain text", "中文测试，RWKV 是一个 RNN。",
@@ -248,15 +156,9 @@ WORLD_TEXTS = ["Hello world!", "  two spaces\n\n\ttab, and <|endoftext|> as plai
 @pytest.fixture(scope="module")
 def world():
     """(BlinkDL's TRIE_TOKENIZER from the rwkv package, archbench's RwkvWorldTokenizer) on the same vocabulary."""
-    from archbench.models.rwkv_world import RwkvWorldTokenizer, package_vocab
+    from archbench.models.rwkv_world import RwkvWorldTokenizer
 
-    vocab = package_vocab()
-    if vocab is None:
-        pytest.skip("BlinkDL's `rwkv` package (which ships the world vocabulary) is not installed")
-    spec = importlib.util.spec_from_file_location("_rwkv_tokenizer", vocab.parent / "rwkv_tokenizer.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.TRIE_TOKENIZER(str(vocab)), RwkvWorldTokenizer(str(vocab))
+    return shared.blinkdl_world_tokenizer(), RwkvWorldTokenizer(str(shared.world_vocab()))
 
 
 def test_world_tokenizer_matches_blinkdl_and_round_trips(world, tmp_path):
