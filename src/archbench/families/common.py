@@ -99,3 +99,17 @@ def rwkv_prefill(model, seqs, state=None):
 def rwkv_step(model, tokens: torch.Tensor, state):
     """One decode step for tokens (B,). Returns (state, (B, V) logits)."""
     return rwkv_run(model, tokens[:, None], state)
+
+
+def rwkv_family(name: str, color: str, tiny: dict, lora_targets: list[str]):
+    """The Family of one of archbench's own RWKV versions (model_type == family name == layer kind): the
+    seed's RWKV prompt style, the RwkvState engine functions above, never left-padded (a padded token would
+    enter the recurrent state; the model's forward refuses padded masks)."""
+    from archbench.families import Family
+    from archbench.models.rwkv_state import RwkvState
+
+    return Family(name=name, model_types=frozenset({name}), color=color, tiny=tiny, seed_style="seed-rwkv",
+                  lora_targets={"*": lora_targets}, pad_safe=False,
+                  layer_kinds=lambda cfg: [name] * cfg.num_hidden_layers, prefill=rwkv_prefill, step=rwkv_step,
+                  select=RwkvState.select, cat=RwkvState.cat, state_bytes=RwkvState.nbytes,
+                  kernel=lambda model: f"torch-wkv{name[-1]}-chunked")

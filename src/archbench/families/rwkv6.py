@@ -10,23 +10,8 @@ wkv matrix, independent of the context length.
 """
 from __future__ import annotations
 
-from archbench.families import Family
-from archbench.families.common import rwkv_prefill, rwkv_step
-from archbench.models.rwkv_state import RwkvState
+from archbench.families.common import rwkv_family
 
-
-def kernel(model) -> str:
-    return "torch-wkv6-chunked"
-
-
-FAMILY = Family(
-    name="rwkv6", model_types=frozenset({"rwkv6"}), color="tab:pink",
-    tiny={"tiny-rwkv6": ("Rwkv6Config", dict(hidden_size=128, num_hidden_layers=4, head_size=64,
-                                             intermediate_size=448))},
-    seed_style="seed-rwkv",
-    lora_targets={"*": ["receptance", "key", "value", "gate", "output"]},
-    pad_safe=False,  # a padded token would enter the recurrent state; its forward refuses padded masks
-    layer_kinds=lambda cfg: ["rwkv6"] * cfg.num_hidden_layers,
-    prefill=rwkv_prefill, step=rwkv_step, select=RwkvState.select, cat=RwkvState.cat, state_bytes=RwkvState.nbytes,
-    kernel=kernel,
-)
+TINY = {"tiny-rwkv6": ("Rwkv6Config", dict(hidden_size=128, num_hidden_layers=4, head_size=64,
+                                            intermediate_size=448))}  # untrained zoo model
+FAMILY = rwkv_family("rwkv6", "tab:pink", TINY, lora_targets=["receptance", "key", "value", "gate", "output"])

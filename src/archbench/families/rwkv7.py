@@ -10,24 +10,9 @@ vectors (C) and the (H, N, N) fp32 wkv matrix, independent of the context length
 """
 from __future__ import annotations
 
-from archbench.families import Family
-from archbench.families.common import rwkv_prefill, rwkv_step
-from archbench.models.rwkv7 import Rwkv7State
+from archbench.families.common import rwkv_family
 
-
-def kernel(model) -> str:
-    return "torch-wkv7-chunked"
-
-
-FAMILY = Family(
-    name="rwkv7", model_types=frozenset({"rwkv7"}), color="tab:brown",
-    tiny={"tiny-rwkv7": ("Rwkv7Config", dict(hidden_size=128, num_hidden_layers=4, head_dim=64,
-                                             intermediate_size=512, decay_low_rank_dim=32, a_low_rank_dim=32,
-                                             v_low_rank_dim=16, gate_low_rank_dim=32))},
-    seed_style="seed-rwkv",
-    lora_targets={"*": ["r_proj", "k_proj", "v_proj", "o_proj", "key", "value"]},
-    pad_safe=False,  # a padded token would enter the recurrent state; its forward refuses padded masks
-    layer_kinds=lambda cfg: ["rwkv7"] * cfg.num_hidden_layers,
-    prefill=rwkv_prefill, step=rwkv_step, select=Rwkv7State.select, cat=Rwkv7State.cat, state_bytes=Rwkv7State.nbytes,
-    kernel=kernel,
-)
+TINY = {"tiny-rwkv7": ("Rwkv7Config", dict(hidden_size=128, num_hidden_layers=4, head_dim=64, intermediate_size=512,
+                                            decay_low_rank_dim=32, a_low_rank_dim=32, v_low_rank_dim=16,
+                                            gate_low_rank_dim=32))}  # untrained zoo model
+FAMILY = rwkv_family("rwkv7", "tab:brown", TINY, lora_targets=["r_proj", "k_proj", "v_proj", "o_proj", "key", "value"])

@@ -44,7 +44,7 @@ from torch import nn
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers import initialization as init
 
-from archbench.models.rwkv6 import Rwkv6Model
+from archbench.models.rwkv6 import Rwkv6Model, RwkvBlock
 from archbench.models.rwkv7 import shift
 from archbench.models.rwkv_state import causal_lm_forward, input_embeddings, set_input_embeddings, whole_sequence_inputs
 from archbench.models.wkv6 import wkv6
@@ -122,21 +122,10 @@ class Rwkv5FeedForward(nn.Module):
         return torch.sigmoid(self.receptance(torch.lerp(sx, x, self.time_mix_receptance))) * self.value(k)
 
 
-class Rwkv5Block(nn.Module):
-    def __init__(self, cfg: Rwkv5Config, layer: int):
-        super().__init__()
-        if layer == 0:
-            self.pre_ln = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_epsilon)
-        self.ln1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_epsilon)
-        self.ln2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_epsilon)
-        self.attention = Rwkv5SelfAttention(cfg)
-        self.feed_forward = Rwkv5FeedForward(cfg)
-
-
 class Rwkv5PreTrainedModel(PreTrainedModel):
     config_class = Rwkv5Config
     base_model_prefix = "rwkv"
-    _no_split_modules = ["Rwkv5Block"]
+    _no_split_modules = ["RwkvBlock"]
 
     def _init_weights(self, module):
         """transformers' defaults, then RWKV-5's own parameters near BlinkDL's ranges (token-shift mixes in
@@ -159,7 +148,8 @@ class Rwkv5Model(Rwkv5PreTrainedModel):
     def __init__(self, config: Rwkv5Config):
         super().__init__(config)
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.blocks = nn.ModuleList(Rwkv5Block(config, i) for i in range(config.num_hidden_layers))
+        self.blocks = nn.ModuleList(RwkvBlock(config, i, Rwkv5SelfAttention(config), Rwkv5FeedForward(config))
+                                    for i in range(config.num_hidden_layers))
         self.ln_out = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         self.post_init()
 

@@ -110,21 +110,23 @@ class Rwkv6FeedForward(nn.Module):
         return torch.sigmoid(self.receptance(torch.addcmul(x, xx, self.time_maa_r))) * self.value(k)
 
 
-class Rwkv6Block(nn.Module):
-    def __init__(self, cfg: Rwkv6Config, layer: int):
+class RwkvBlock(nn.Module):
+    """The block layout of RWKV-5 and RWKV-6 (BlinkDL's `blocks.i`): pre_ln (layer 0 only), ln1 -> time mixing
+    (`attention`), ln2 -> channel mixing (`feed_forward`), each added to the residual by the model's `run`."""
+
+    def __init__(self, cfg, layer: int, attention: nn.Module, feed_forward: nn.Module):
         super().__init__()
         if layer == 0:
             self.pre_ln = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_epsilon)
         self.ln1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_epsilon)
         self.ln2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_epsilon)
-        self.attention = Rwkv6SelfAttention(cfg)
-        self.feed_forward = Rwkv6FeedForward(cfg)
+        self.attention, self.feed_forward = attention, feed_forward
 
 
 class Rwkv6PreTrainedModel(PreTrainedModel):
     config_class = Rwkv6Config
     base_model_prefix = "rwkv"
-    _no_split_modules = ["Rwkv6Block"]
+    _no_split_modules = ["RwkvBlock"]
 
     def _init_weights(self, module):
         """transformers' defaults, then RWKV-6's own parameters near BlinkDL's ranges (mixes in (0, 1), decay
@@ -149,7 +151,8 @@ class Rwkv6Model(Rwkv6PreTrainedModel):
     def __init__(self, config: Rwkv6Config):
         super().__init__(config)
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.blocks = nn.ModuleList(Rwkv6Block(config, i) for i in range(config.num_hidden_layers))
+        self.blocks = nn.ModuleList(RwkvBlock(config, i, Rwkv6SelfAttention(config), Rwkv6FeedForward(config))
+                                    for i in range(config.num_hidden_layers))
         self.ln_out = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         self.post_init()
 
