@@ -9,23 +9,38 @@ against the measured matmul rate of each path (torch.mm, and oneDNN with a prepa
 AMD EPYC the latter is ~2x faster, so it is the hardware limit to compare with), and decode bytes/s against
 the measured copy bandwidth.
 
+`--end-to-end` times what a user waits for instead: every run is a separate `archbench eval` process (start,
+imports, load, weight packing, warm-up, evaluation, store) on the first N questions of the seed file, 3-shot,
+greedy, 32 new tokens, stop at newline; per model hf and archbench alternate (--repeats pairs, fastest of
+each counts, no untimed warm-up: start-up is part of the cost), and the script prints the wall seconds,
+their ratio, the predictions identical out of N (read back from each run's predictions.jsonl) and the
+linear kernel the engine reported. Both modes first print the CPU flags (AVX2 / AVX-512F / AMX from
+/proc/cpuinfo), the ISA caps set in the environment (ONEDNN_MAX_CPU_ISA=AVX2 emulates an AVX2-only host for
+oneDNN; MKL_ENABLE_INSTRUCTIONS=AVX2 does the same for MKL) and torch's threads.
+
     PYTHONPATH=src python benchmarks/engine_vs_hf.py --models tiny-gpt2 tiny-mamba tiny-rwkv tiny-bamba smollm2-135m
+    PYTHONPATH=src python benchmarks/engine_vs_hf.py --end-to-end --models tiny-gpt2 tiny-mamba tiny-rwkv smollm2-135m
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from archbench import families, prompts, roofline
+from archbench import families, fastlinear, prompts, roofline
 from archbench.config import GenConfig
 from archbench.data import load_examples, load_pool
 from archbench.generation import generate
 from archbench.loading import DTYPES, load
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "squad"
+DATA = Path(os.environ.get("ARCHBENCH_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "squad"))
 
 
 def workload(data: Path, n: int, shots: int, seed: int) -> list[str]:
@@ -69,6 +84,65 @@ def roof(lm, results, ids, shp, state) -> tuple[float, float]:
             bytes_ / max(sum(r.decode_s for r in results), 1e-9))
 
 
+def host_line() -> str:
+    """The CPU, its vector flags, the ISA caps in the environment and torch's threads."""
+    flags = fastlinear.cpu_flags()
+    have = " ".join(f"{k}={'yes' if flags[k] else 'no'}" for k in ("avx2", "avx512f", "amx"))
+    caps = " ".join(f"{k}={os.environ[k]}" for k in fastlinear._ENV_KEYS if os.environ.get(k)) or "none"
+    return f"cpu: {flags['model']} | {have} | env caps: {caps} | torch {torch.__version__}, " \
+           f"{torch.get_num_threads()} threads"
+
+
+def eval_process(args, name: str, engine: str, out: Path) -> float:
+    """One `archbench eval` as a user runs it, in a fresh process; returns its wall seconds."""
+    exe = Path(sys.executable).with_name("archbench")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "archbench"]
+    cmd += ["eval", "--model", name, "--engine", engine, "--shots", str(args.shots), "--trials", "1",
+            "--limit", str(args.n), "--data", str(args.data / "seed_eval_100.jsonl"),
+            "--shots-from", str(args.data / "squad_v1.1_train_8k.jsonl"), "--batch-size", str(args.batch_size),
+            "--max-new-tokens", "32", "--stop", "\\n", "--run-dir", str(out), "--db", str(out / "store.sqlite"),
+            "--new-run", "--device", args.device, "--dtype", args.dtype]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if done.returncode:
+        sys.exit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return wall
+
+
+def _read_run(out: Path) -> tuple[dict, dict]:
+    """(id -> prediction, the summary's first result row) of a finished eval run directory."""
+    preds = {}
+    with open(out / "predictions.jsonl") as f:
+        for line in f:
+            row = json.loads(line)
+            preds[row["id"]] = row["prediction"]
+    return preds, json.load(open(out / "summary.json"))["results"][0]
+
+
+def end_to_end(args) -> None:
+    """Per model: hf and archbench `archbench eval` processes alternated, fastest of --repeats each."""
+    print(f"end to end: {args.n} questions, {args.shots}-shot, batch {args.batch_size}, {args.repeats} pairs, "
+          f"a fresh `archbench eval` process per run")
+    with tempfile.TemporaryDirectory(prefix="engine_vs_hf_") as tmp:
+        for name in args.models:
+            wall, runs = {"hf": [], "archbench": []}, {}
+            for r in range(args.repeats):
+                for engine in ("hf", "archbench"):
+                    out = Path(tmp) / f"{name}-{engine}-{r}"
+                    wall[engine].append(eval_process(args, name, engine, out))
+                    if wall[engine][-1] == min(wall[engine]):
+                        runs[engine] = _read_run(out)
+            (hf_p, _), (ours_p, ours) = runs["hf"], runs["archbench"]
+            same = sum(hf_p[i] == ours_p.get(i) for i in hf_p)
+            hf_s, ours_s = min(wall["hf"]), min(wall["archbench"])
+            print(f"\n{name}: identical predictions {same}/{len(hf_p)}; wall hf {hf_s:.2f} s, archbench "
+                  f"{ours_s:.2f} s, speed-up x{hf_s / ours_s:.2f} (hf {' '.join(f'{t:.2f}' for t in wall['hf'])}; "
+                  f"archbench {' '.join(f'{t:.2f}' for t in wall['archbench'])})")
+            print(f"  archbench inside the process: prefill {ours['prefill_s']:.2f} s, decode {ours['decode_s']:.2f}"
+                  f" s; kernel {ours['kernel']}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+",
@@ -83,7 +157,13 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--compile", action="store_true", help="torch.compile the engine's decode step (CUDA)")
+    ap.add_argument("--end-to-end", action="store_true",
+                    help="each run a separate `archbench eval` process, as users run it (start-up included)")
     args = ap.parse_args()
+    print(host_line())
+    if args.end_to_end:
+        end_to_end(args)
+        return
     texts = workload(args.data, args.n, args.shots, seed=0)
     settings = GenConfig(max_new_tokens=32, stop=("\n",), batch_size=args.batch_size, compile=args.compile)
     print(f"machine: {args.device} {args.dtype}, {torch.get_num_threads()} threads, compile={args.compile}")

@@ -268,3 +268,28 @@ def test_rows_finishing_at_eos_match_transformers_greedy(name, monkeypatch):
             continue
         top2 = logits[k].topk(2).values
         assert top2[0] - top2[1] <= NEAR_TIE, f"{name} row {i}: step {k} differs from transformers (EOS {eos})"
+
+
+def test_fused_llama_decode_step_matches_the_module_forward(monkeypatch):
+    """The Llama decode step on fused weights (one q/k/v and one gate/up product per layer) gives the logits of
+    the module-by-module forward (taken when accelerate placed the model), step after step, and its fused
+    weights are rebuilt when a weight changes in place."""
+    lm = load("tiny-llama", device=DEVICE)
+    fam = families.get("transformer")
+    ids = [list(range(100, 120)), list(range(300, 313))]
+    logits = {}
+    with torch.inference_mode():
+        for fused in (True, False):
+            if not fused:
+                monkeypatch.setattr(lm.model, "hf_device_map", {"": DEVICE}, raising=False)
+            state, out = fam.prefill(lm.model, ids)
+            steps = []
+            for _ in range(4):
+                state, out = fam.step(lm.model, out.argmax(-1), state)
+                steps.append(out)
+            logits[fused] = torch.stack(steps)
+    assert (logits[True] - logits[False]).abs().max() <= 1e-4 * logits[False].abs().max()
+    plan = lm.model.__dict__["_archbench_decode"][1]
+    with torch.no_grad():
+        lm.model.model.layers[0].self_attn.k_proj.weight.mul_(2)
+    assert transformer._decode_plan(lm.model) is not plan

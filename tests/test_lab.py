@@ -55,9 +55,10 @@ def tiny(out: Path, corpus: Path, **kw) -> TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------- MQAR
-def test_mqar_queries_keys_and_labels():
+@pytest.mark.parametrize("fill", mqar.FILLS)
+def test_mqar_queries_keys_and_labels(fill):
     vocab, pairs = 256, 8
-    seg = mqar.generate(64, pairs, vocab, n=200, seed=3)
+    seg = mqar.generate(64, pairs, vocab, n=200, seed=3, fill=fill)
     assert seg.inputs.shape == seg.labels.shape == (200, 64)
     for x, y in zip(seg.inputs.tolist(), seg.labels.tolist()):
         answers = [i for i, v in enumerate(y) if v != mqar.IGNORE]
@@ -71,6 +72,8 @@ def test_mqar_queries_keys_and_labels():
             before = [j for j in range(i) if x[j] == q]
             assert len(before) == 1, f"key {q} occurs {len(before)} times before its query"
             assert x[before[0] + 1] == y[i]  # the label is the value stored after the key
+        if fill == "zero":  # Zoology's figure-2 inputs: only keys, values and queries are nonzero
+            assert sum(v != 0 for v in x) == 2 * pairs + 2 * pairs
 
 
 def test_mqar_is_seeded_and_checks_its_arguments():
@@ -82,6 +85,8 @@ def test_mqar_is_seeded_and_checks_its_arguments():
         mqar.parse_points("64-4")
     with pytest.raises(ValueError, match="length 30"):
         mqar.generate(30, 8, 256, 1, 0)
+    with pytest.raises(ValueError, match="fill"):
+        mqar.generate(64, 4, 256, 1, 0, fill="ones")
 
 
 # ---------------------------------------------------------------------------------------------- fast path

@@ -40,3 +40,33 @@ def test_bad_local_names(name, words):
 def test_directory_without_config(tmp_path):
     with pytest.raises(loading.ModelError, match="config.json"):
         loading.load(str(tmp_path))
+
+
+def test_trust_remote_code_runs_the_repos_own_class_on_hf_only(tmp_path, monkeypatch):
+    """A directory whose config maps AutoModelForCausalLM to its own modeling file: without the flag
+    transformers' class loads; with it the repo's class does, archbench's engine refuses it in one line and
+    `--engine hf` gives the same greedy tokens as transformers' class."""
+    import json
+    import shutil
+
+    from archbench.config import GenConfig
+    from archbench.generation import generate
+
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    repo = tmp_path / "custom-gpt2"
+    shutil.copytree(zoo.ensure("tiny-gpt2"), repo)
+    (repo / "modeling_custom.py").write_text("from transformers import GPT2LMHeadModel\n\n\n"
+                                             "class CustomGPT2(GPT2LMHeadModel):\n    pass\n")
+    cfg = json.loads((repo / "config.json").read_text())
+    (repo / "config.json").write_text(json.dumps({**cfg, "auto_map": {"AutoModelForCausalLM":
+                                                                      "modeling_custom.CustomGPT2"}}))
+    plain, remote = loading.load(str(repo)), loading.load(str(repo), trust_remote_code=True)
+    assert type(plain.model).__name__ == "GPT2LMHeadModel" and not plain.remote_code
+    assert type(remote.model).__name__ == "CustomGPT2" and remote.remote_code
+    gen = GenConfig(max_new_tokens=6, stop=(), batch_size=2)
+    with pytest.raises(loading.ModelError, match="--engine hf") as err:
+        list(generate(remote, ["Hello there", "The capital"], gen, engine="archbench"))
+    assert "\n" not in str(err.value)
+    texts = [[c.text for c in r.completions] for r in generate(remote, ["Hello there", "The capital"], gen, "hf")]
+    want = [[c.text for c in r.completions] for r in generate(plain, ["Hello there", "The capital"], gen, "hf")]
+    assert texts == want

@@ -32,9 +32,12 @@ def ask(cfg: AskConfig) -> list[dict]:
     with Store(cfg.db) as store:
         store.ensure_run(run_id, "ask", {"models": list(cfg.models), "question": cfg.question, "shots": cfg.shots,
                                          "chat": cfg.chat, "max_new_tokens": cfg.max_new_tokens,
-                                         "engine": cfg.runtime.engine}, environment(cfg.runtime.device))
+                                         "engine": cfg.runtime.engine,
+                                         "trust_remote_code": cfg.runtime.trust_remote_code},
+                         environment(cfg.runtime.device))
         for name in cfg.models:
-            lm = loading.load(name, device=cfg.runtime.device, dtype=cfg.runtime.dtype)
+            lm = loading.load(name, device=cfg.runtime.device, dtype=cfg.runtime.dtype,
+                              trust_remote_code=cfg.runtime.trust_remote_code)
             store.add_model(run_id, lm)
             prompt = build_prompt(lm, cfg.question, cfg.shots, cfg.chat)
             (batch,) = list(generate(lm, [prompt], gen, cfg.runtime.engine))

@@ -54,7 +54,7 @@ from archbench import config, engine, families, fmt, roofline
 from archbench.bench_config import LAUNCHERS, PROMPT_SOURCES, BenchConfig  # noqa: F401 - re-exported
 from archbench.bench_runs import BatchSplit, engine_run, hf_run
 from archbench.config import RuntimeConfig
-from archbench.loading import DTYPES, load
+from archbench.loading import DTYPES, check_engine, load
 from archbench.store import Store
 from archbench.trackers import MemoryTracker, environment, is_out_of_memory
 
@@ -108,9 +108,9 @@ def _samples(run, lm, ids: torch.Tensor, spec: dict) -> dict:
 
 
 def measure(spec: dict) -> dict:
-    """Run one point (spec: model, context, batch, new_tokens, engine, device, dtype, prompt_source,
-    min_runs, min_seconds, seed) in this process; returns the raw samples, or {"status": "oom", ...}."""
-    lm = load(spec["model"], device=spec["device"], dtype=spec["dtype"])
+    """Run one point (spec: model, context, batch, new_tokens, engine, device, dtype, trust_remote_code,
+    prompt_source, min_runs, min_seconds, seed) in this process; returns the raw samples, or {"status": "oom", ...}."""
+    lm = load(spec["model"], device=spec["device"], dtype=spec["dtype"], trust_remote_code=spec["trust_remote_code"])
     run = hf_run if spec["engine"] == "hf" else engine_run
     try:
         ids = prompt_ids(lm, spec["context"], spec["batch"], spec["prompt_source"], spec["seed"])
@@ -149,7 +149,8 @@ def _launch(spec: dict, launcher: str) -> dict:
 # records ----------------------------------------------------------------------------------------------
 def _model_meta(name: str, rt: RuntimeConfig, store: Store, run_id: str) -> dict:
     """Load the model once in this process for what every point record and the roofline need; free it."""
-    lm = load(name, device=rt.device, dtype=rt.dtype)
+    lm = load(name, device=rt.device, dtype=rt.dtype, trust_remote_code=rt.trust_remote_code)
+    check_engine(lm, rt.engine)
     store.add_model(run_id, lm)
     kernel = engine.kernel(lm) if rt.engine == "archbench" else "transformers.generate"
     meta = {"model": name, "family": lm.family, "params": lm.params, "untrained": lm.untrained,

@@ -57,11 +57,11 @@ class BenchConfig:
 
     @classmethod
     def from_options(cls, **options) -> "BenchConfig":
-        """A config from flat options (a CLI command's, a study's bench entry): engine, device and dtype go to
-        `runtime`; an unknown option is refused in one line."""
+        """A config from flat options (a CLI command's, a study's bench entry): engine, device, dtype and
+        trust_remote_code go to `runtime`; an unknown option is refused in one line."""
         known = {f.name for f in fields(cls)} | {f.name for f in fields(RuntimeConfig)}
         _need(not set(options) - known, "bench", f"unknown option(s) {', '.join(sorted(set(options) - known))}")
-        runtime = {k: options.pop(k) for k in ("engine", "device", "dtype") if k in options}
+        runtime = {k: options.pop(k) for k in ("engine", "device", "dtype", "trust_remote_code") if k in options}
         return cls(runtime=RuntimeConfig(**runtime), **options)
 
     def record(self) -> dict:
@@ -70,11 +70,12 @@ class BenchConfig:
         return dict(models=list(self.models), contexts=sorted(self.contexts), batches=sorted(self.batches),
                     new_tokens=self.new_tokens, engine=rt.engine, device=rt.device, dtype=rt.dtype,
                     prompt_source=self.prompt_source, min_runs=self.min_runs, min_seconds=self.min_seconds,
-                    rounds=self.rounds, launcher=self.launcher, seed=self.seed)
+                    rounds=self.rounds, launcher=self.launcher, seed=self.seed,
+                    trust_remote_code=rt.trust_remote_code)
 
     def spec(self, model: str, context: int, batch: int) -> dict:
         """One point as `measure` takes it (JSON: it crosses to the point process)."""
         rt = self.runtime
         return dict(model=model, context=context, batch=batch, new_tokens=self.new_tokens, engine=rt.engine,
                     device=rt.device, dtype=rt.dtype, prompt_source=self.prompt_source, min_runs=self.min_runs,
-                    min_seconds=self.min_seconds, seed=self.seed)
+                    min_seconds=self.min_seconds, seed=self.seed, trust_remote_code=rt.trust_remote_code)

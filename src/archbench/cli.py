@@ -64,8 +64,12 @@ _E, _G, _R, _A = defaults(EvalConfig), defaults(GenConfig), defaults(RuntimeConf
 _B = defaults(BenchConfig)
 
 
-def _runtime(device: str, dtype: str, engine: str) -> RuntimeConfig:
-    return RuntimeConfig(device=device, dtype=dtype, engine=engine)
+_REMOTE = typer.Option(_R["trust_remote_code"], "--trust-remote-code",
+                       help="run the Python code a hub repo ships (its own model classes; needs --engine hf)")
+
+
+def _runtime(device: str, dtype: str, engine: str, trust_remote_code: bool) -> RuntimeConfig:
+    return RuntimeConfig(device=device, dtype=dtype, engine=engine, trust_remote_code=trust_remote_code)
 
 
 @app.command()
@@ -75,13 +79,13 @@ def ask(model: List[str] = typer.Option(..., "--model", help="zoo alias, local d
         chat: bool = typer.Option(_A["chat"], "--chat", help="use the tokenizer's chat template"),
         max_new_tokens: int = typer.Option(_A["max_new_tokens"], "--max-new-tokens"),
         device: str = _R["device"], dtype: str = _R["dtype"], engine: str = _R["engine"],
-        db: str = typer.Option(_A["db"], "--db")):
+        trust_remote_code: bool = _REMOTE, db: str = typer.Option(_A["db"], "--db")):
     """Ask every model the same free-form question and show the answers side by side."""
     from archbench.ask import ask as run_ask
 
     answers = _call(lambda: run_ask(AskConfig(models=tuple(model), question=question, shots=shots, chat=chat,
-                                              max_new_tokens=max_new_tokens, runtime=_runtime(device, dtype, engine),
-                                              db=db)))
+                                              max_new_tokens=max_new_tokens,
+                                              runtime=_runtime(device, dtype, engine, trust_remote_code), db=db)))
     panels = [Panel(a["answer"] or "[dim](empty answer)[/dim]",
                     title=a["model"] + (" (untrained)" if a["untrained"] else ""),
                     subtitle=f"{a['family']} · {a['new_tokens']} tok · {a['seconds']:.2f}s") for a in answers]
@@ -121,6 +125,7 @@ def eval_(model: List[str] = typer.Option(..., "--model", help="zoo alias, local
           new_run: bool = typer.Option(_E["new_run"], "--new-run", help="a new run even if run-dir holds one"),
           device: str = _R["device"], dtype: str = _R["dtype"],
           engine: str = typer.Option(_R["engine"], "--engine", help="archbench (own engine) or hf (model.generate)"),
+          trust_remote_code: bool = _REMOTE,
           adapter: Optional[str] = typer.Option(None, "--adapter", help="LoRA adapter directory"),
           seed: Optional[int] = typer.Option(None, "--seed", help="shot draws and generated data (task default)"),
           compile: bool = typer.Option(_G["compile"], "--compile", help="torch.compile the decode step (CUDA)"),
@@ -140,8 +145,9 @@ def eval_(model: List[str] = typer.Option(..., "--model", help="zoo alias, local
                         batch_size=0 if batch_size == "auto" else _numbers(batch_size, "--batch-size", int)[0])
         return evaluate(EvalConfig(models=tuple(model), task=task, task_options=options,
                                    shots=tuple(_numbers(shots, "--shots", int)), trials=trials, gen=gen,
-                                   runtime=_runtime(device, dtype, engine), adapter=adapter, run_dir=run_dir, db=db,
-                                   new_run=new_run, device_map=device_map, rank_timeout=rank_timeout))
+                                   runtime=_runtime(device, dtype, engine, trust_remote_code), adapter=adapter,
+                                   run_dir=run_dir, db=db, new_run=new_run, device_map=device_map,
+                                   rank_timeout=rank_timeout))
 
     summary = _call(run)
     from archbench import distributed
@@ -201,6 +207,7 @@ def bench(model: List[str] = typer.Option(..., "--model"),
           batch: str = typer.Option(",".join(map(str, _B["batches"])), "--batch", help="batch sizes"),
           new_tokens: int = typer.Option(_B["new_tokens"], "--new-tokens"),
           engine: str = typer.Option(_R["engine"], "--engine"), device: str = _R["device"], dtype: str = _R["dtype"],
+          trust_remote_code: bool = _REMOTE,
           prompt_source: str = typer.Option(_B["prompt_source"], "--prompt-source", help="random tokens or text"),
           min_runs: int = typer.Option(_B["min_runs"], "--min-runs"),
           min_seconds: float = typer.Option(_B["min_seconds"], "--min-seconds"),
@@ -211,7 +218,8 @@ def bench(model: List[str] = typer.Option(..., "--model"),
 
     _call(lambda: run_bench(BenchConfig.from_options(
         models=model, contexts=_numbers(context, "--context"), batches=_numbers(batch, "--batch"),
-        new_tokens=new_tokens, engine=engine, device=device, dtype=dtype, prompt_source=prompt_source,
+        new_tokens=new_tokens, engine=engine, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+        prompt_source=prompt_source,
         min_runs=min_runs, min_seconds=min_seconds, rounds=rounds, out=out, db=db)))
 
 
@@ -225,7 +233,7 @@ def train(out: str = typer.Option(..., "--out", help="run directory; becomes the
           context: Optional[int] = None, batch_size: Optional[int] = None, iters: Optional[int] = None,
           lr: Optional[float] = None, warmup: Optional[int] = None, seed: Optional[int] = None,
           mqar_vocab: Optional[int] = None, mqar_train: Optional[str] = None, mqar_test: Optional[str] = None,
-          mqar_examples: Optional[int] = None, eval_every: Optional[int] = None,
+          mqar_examples: Optional[int] = None, mqar_fill: Optional[str] = None, eval_every: Optional[int] = None,
           save_every: Optional[int] = None, threads: Optional[int] = None,
           resume: bool = typer.Option(False, "--resume"), fast: bool = typer.Option(True, "--fast/--reference"),
           db: Optional[str] = None):
@@ -236,8 +244,9 @@ def train(out: str = typer.Option(..., "--out", help="run directory; becomes the
     given = {k: v for k, v in dict(out=out, arch=arch, data=data, text=text, width=width, depth=depth, params=params,
                                    context=context, batch_size=batch_size, iters=iters, lr=lr, warmup=warmup,
                                    seed=seed, mqar_vocab=mqar_vocab, mqar_train=mqar_train, mqar_test=mqar_test,
-                                   mqar_examples=mqar_examples, eval_every=eval_every, save_every=save_every,
-                                   threads=threads, resume=resume, fast=fast, db=db).items() if v is not None}
+                                   mqar_examples=mqar_examples, mqar_fill=mqar_fill, eval_every=eval_every,
+                                   save_every=save_every, threads=threads, resume=resume, fast=fast,
+                                   db=db).items() if v is not None}
     result = _call(lambda: run_train(TrainConfig(**given)))
     score = (f"val loss {result['val_loss']:.3f}" if "val_loss" in result else
              f"MQAR accuracy {result['mqar_mean_accuracy']:.3f}" if "mqar_mean_accuracy" in result else "unfinished")

@@ -63,6 +63,7 @@ class RuntimeConfig:
     device: str = "cpu"
     dtype: str = "float32"
     engine: str = "archbench"  # archbench's own engine, or hf (transformers' generate)
+    trust_remote_code: bool = False  # let transformers run the Python code a hub repo ships (its own classes)
 
     def __post_init__(self):
         _need(self.dtype in DTYPES, "--dtype", f"{self.dtype!r} is not one of {', '.join(DTYPES)}")

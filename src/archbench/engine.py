@@ -12,9 +12,12 @@ prefill_s = until the first token of every row exists (the shared prefix is char
 decode_s = the rest. `run(lm, ids, gen)` is the same loop on token ids (it yields `TokenBatch`es);
 `generate` tokenises, runs it and decodes the completions. bench times this very loop: a `StepTrace` passed
 to `run` receives each decode step's seconds (device synchronised around the step) and the state's bytes.
+`warm_up(lm, gen)` takes every code path of a run once on a few tokens (lazy weight packing and kernel
+creation then stay out of timed regions) at a cost that does not grow with the prompts.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
@@ -28,6 +31,7 @@ from archbench.trackers import is_out_of_memory, synchronize
 
 TOKEN_BUDGET = 32768  # rows * (prompt + new tokens) per batch: bounds KV cache and activations
 MIN_PREFIX = 8  # a shorter common prefix is not worth a separate prefill
+WARM_TOKENS = 2 * MIN_PREFIX  # prompt length of warm_up's two rows
 STOP_WINDOW = 8  # tokens decoded per row and step to look for a stop string (plus its length)
 
 
@@ -219,3 +223,15 @@ def generate(lm, prompts: Sequence[str], gen: GenConfig) -> Iterator[BatchResult
                                     new_tokens=len(new), prompt_tokens=len(ids[i])))
         yield BatchResult(comps, prefill_s=b.prefill_s, decode_s=b.decode_s, prefill_tokens=b.prefill_tokens,
                           decode_tokens=sum(max(len(t) - 1, 0) for t in b.tokens), info=b.info)
+
+
+def warm_up(lm, gen: GenConfig) -> None:
+    """Two rows of WARM_TOKENS tokens sharing all but the last two and 3 greedy steps, through the same loop as
+    a run (prefix prefill, the batch's prefill after it, decode steps): weights get packed and kernels
+    created here, untimed, whatever the length of the real prompts."""
+    start = min(100, lm.tokenizer.vocab_size - WARM_TOKENS - 2)
+    shared = list(range(start, start + WARM_TOKENS - 2))
+    ids = [shared + [start, start + 1], shared + [start + 2]]
+    warm = dataclasses.replace(gen, max_new_tokens=3, min_new_tokens=3, batch_size=2, stop=())
+    for _ in run(lm, ids, warm):
+        pass

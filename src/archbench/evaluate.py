@@ -198,7 +198,7 @@ def _device(cfg: EvalConfig, r: distributed.Ranks) -> str:
 def _evaluate_model(run: _Run, name: str, items: list) -> None:
     rt = run.cfg.runtime
     lm = loading.load(name, device=run.stats["device"], dtype=rt.dtype, adapter=run.cfg.adapter,
-                      device_map=run.cfg.device_map)
+                      device_map=run.cfg.device_map, trust_remote_code=rt.trust_remote_code)
     if run.store is not None:
         digests = _check_model(Path(run.cfg.run_dir), lm)
         run.store.add_model(run.run_id, lm)
@@ -261,7 +261,12 @@ def _groups(task, prompts: list[tuple]) -> list[list[tuple]]:
 
 
 def _warm_up(lm, text: str, gen: GenConfig, engine: str) -> None:
-    """One short untimed generation so lazy initialisation never lands in a timed region."""
+    """One short untimed generation so lazy initialisation never lands in a timed region (archbench's engine:
+    its own warm-up on a few tokens through every path of a run; hf: the first prompt, 2 new tokens)."""
+    if engine == "archbench":
+        from archbench import engine as own
+
+        return own.warm_up(lm, gen)
     warm = dataclasses.replace(gen, max_new_tokens=2, batch_size=1, min_new_tokens=0)
     for _ in generate(lm, [text], warm, engine):
         pass

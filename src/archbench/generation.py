@@ -20,4 +20,7 @@ def generate(lm, prompts: Sequence[str], gen: GenConfig, engine: str = DEFAULT_E
     """Greedy-generate a completion for every prompt; yields batches as they finish."""
     if engine not in BACKENDS:
         raise ValueError(f"--engine {engine!r}: choose one of {', '.join(BACKENDS)}")
+    from archbench.loading import check_engine
+
+    check_engine(lm, engine)
     return importlib.import_module(BACKENDS[engine]).generate(lm, prompts, gen)

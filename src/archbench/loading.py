@@ -38,6 +38,7 @@ class LM:
     max_len: int | None  # context window in tokens; None without attention layers (no positional limit)
     adapter: str | None = None
     layers: str | None = None  # the layer mix, e.g. "2 attention + 6 mamba2" (families.layer_mix)
+    remote_code: bool = False  # the model's classes are its repo's own code (--trust-remote-code)
 
 
 def _offline() -> bool:
@@ -70,9 +71,11 @@ def resolve(name: str) -> tuple[str, dict]:
 
 
 def load(name: str, *, device: str = "cpu", dtype: str = "float32", adapter: str | None = None,
-         device_map: str | None = None) -> LM:
+         device_map: str | None = None, trust_remote_code: bool = False) -> LM:
     """Load model `name` (+ optional LoRA `adapter` directory) for inference; `device_map` ("auto") lets
-    accelerate place its layers over this node's devices (big-model inference) instead of `device`."""
+    accelerate place its layers over this node's devices (big-model inference) instead of `device`;
+    `trust_remote_code` lets transformers run the classes a repo ships (`auto_map`) instead of its own or
+    archbench's (such a model runs only on `--engine hf`: archbench's engine knows neither)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import archbench.models  # noqa: F401  registers archbench's own model types (rwkv5/6/7) with transformers
@@ -82,11 +85,12 @@ def load(name: str, *, device: str = "cpu", dtype: str = "float32", adapter: str
         raise ModelError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     source, extra = resolve(name)
     try:
-        tokenizer = None if extra else rwkv_world.for_remote_code(source)  # hub RWKV repos' remote-code class
+        remote = {"trust_remote_code": True} if trust_remote_code else {}
+        tokenizer = None if extra or remote else rwkv_world.for_remote_code(source)  # hub RWKV repos' class
         if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+            tokenizer = AutoTokenizer.from_pretrained(source, **extra, **remote)
         placed = {"device_map": device_map} if device_map else {}
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **placed, **extra)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **placed, **extra, **remote)
     except (OSError, ValueError) as err:  # hub errors subclass OSError
         where = "the hub is offline (HF_HUB_OFFLINE=1)" if _offline() else "it could not be fetched"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -116,4 +120,12 @@ def load(name: str, *, device: str = "cpu", dtype: str = "float32", adapter: str
               model_type=model.config.model_type, model=model, tokenizer=tokenizer, params=params,
               device=torch.device(device), dtype=DTYPES[dtype], untrained=untrained,
               max_len=families.get(family).context_window(model.config), adapter=adapter,
-              layers=families.layer_mix(families.get(family), model.config))
+              layers=families.layer_mix(families.get(family), model.config),
+              remote_code=type(model).__module__.startswith("transformers_modules"))
+
+
+def check_engine(lm: LM, engine: str) -> None:
+    """Refuse, in one line, archbench's engine for a model whose classes are its repo's own code."""
+    if engine == "archbench" and lm.remote_code:
+        raise ModelError(f"model {lm.name!r} runs its repo's own code (--trust-remote-code), which archbench's "
+                         f"engine does not know: use --engine hf")

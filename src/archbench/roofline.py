@@ -51,8 +51,8 @@ def matmul_rates(device="cpu", dtype: torch.dtype = torch.float32, n: int | None
     a, b = (torch.randn(n, n, generator=gen).to(device, dtype) for _ in range(2))
     paths = {"torch.mm": lambda: torch.mm(a, b)}
     if fastlinear.available(device, dtype):
-        w = fastlinear.pack(b.t())
-        paths["onednn-prepacked"] = lambda: fastlinear.linear(a, w)
+        w = fastlinear.onednn_pack(b.t())
+        paths["onednn-prepacked"] = lambda: fastlinear.onednn_linear(a, w)
     return {name: 2 * n**3 / _median_s(fn, device, repeats) for name, fn in paths.items()}
 
 

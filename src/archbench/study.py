@@ -42,7 +42,8 @@ def _derived(cls, names: tuple[str, ...]) -> dict:
 
 
 TOP = {"name": (_STR, REQ), "description": (_STR, ""), "out": (_STR, REQ),
-       **_derived(RuntimeConfig, ("device", "dtype", "engine")), "seed": (_INT, 1234), "data": ((dict,), {}),
+       **_derived(RuntimeConfig, ("device", "dtype", "engine", "trust_remote_code")), "seed": (_INT, 1234),
+       "data": ((dict,), {}),
        "models": ((list,), REQ), "ask": ((list,), []), "evals": ((list,), []), "finetune": ((list,), []),
        "bench": ((list,), []), "train": ((list,), []), "report": ((dict,), {})}
 DATA = {"eval": (_STR, None), "gold": (_STR, None), "shots_from": (_STR, None), "train": (_STR, None)}
@@ -307,7 +308,8 @@ def db_path(spec: dict) -> str:
 def plan(spec: dict) -> list[Stage]:
     """The study's stages in run order: ask, evals of base models, fine-tunes, evals of fine-tunes, bench."""
     out, db, data = Path(spec["out"]), db_path(spec), spec["data"]
-    runtime = RuntimeConfig(device=spec["device"], dtype=spec["dtype"], engine=spec["engine"])
+    runtime = RuntimeConfig(device=spec["device"], dtype=spec["dtype"], engine=spec["engine"],
+                            trust_remote_code=spec["trust_remote_code"])
     every = [m["model"] for m in spec["models"]]
     asks, evals, tuned, fts, benches = [], [], [], [], []
     for i, q in enumerate(spec["ask"], 1):

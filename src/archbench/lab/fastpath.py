@@ -23,6 +23,8 @@ import types
 import torch
 import torch.nn.functional as F
 
+SCAN_CHUNK = 16  # Mamba time steps per chunk of the selective scan
+SSD_CHUNK = 16  # Mamba-2 positions per chunk (the maths is the same for any size; 16 is fastest on CPU)
 WKV_CHUNK = 16  # RWKV positions per chunk: memory ~ B * T * WKV_CHUNK * att floats
 KERNELS = {"mamba": "lab-selective-scan (torch, custom autograd)", "mamba2": "lab-ssd-chunked (torch)",
            "rwkv": "lab-wkv-chunked (torch)"}
@@ -30,43 +32,88 @@ KERNELS = {"mamba": "lab-selective-scan (torch, custom autograd)", "mamba2": "la
 
 class SelectiveScan(torch.autograd.Function):
     """y = selective scan of x. x, dt (B, T, D); A (D, N); b, c (B, T, N) -> y (B, T, D), fp32, no D skip.
-    Works in (T, B, D, N) layout so every per-step slice is contiguous and every reduction is a matmul."""
+    Works in (T, B, N, D) layout: every per-step slice is contiguous, every broadcast runs along the
+    contiguous channel axis, and the sums over the state axis are small matrix products. Time goes in chunks
+    of SCAN_CHUNK steps so the decays, inputs and adjoints of a chunk stay in cache."""
 
     @staticmethod
     def forward(ctx, x, dt, A, b, c):
-        dt_t, x_t, b_t, c_t = (v.transpose(0, 1) for v in (dt, x, b, c))  # (T, B, ...)
-        da = torch.exp(dt_t[..., None] * A)  # (T, B, D, N) decays
-        dbx = (dt_t * x_t)[..., None] * b_t[:, :, None, :]  # (T, B, D, N) inputs
-        hs = torch.empty_like(dbx)  # all states; no graph is recorded inside a Function's forward
-        hs[0] = dbx[0]
-        for t in range(1, hs.shape[0]):
-            torch.addcmul(dbx[t], da[t], hs[t - 1], out=hs[t])
-        ctx.save_for_backward(x, dt, A, b, c, da, dbx, hs)
-        return torch.matmul(hs, c_t[..., None])[..., 0].transpose(0, 1)  # (B, T, D)
+        dt_t, x_t, b_t, c_t = (v.transpose(0, 1).contiguous() for v in (dt, x, b, c))  # (T, B, ...)
+        a_t = A.t().contiguous()  # (N, D)
+        dtx = dt_t * x_t
+        t = x_t.shape[0]
+        hs = x.new_empty(t + 1, x_t.shape[1], a_t.shape[0], a_t.shape[1])  # hs[i + 1] = h_i, hs[0] = 0
+        hs[0].zero_()
+        da = torch.empty_like(hs[1:])  # decays exp(dt A), kept for the backward
+        y = x.new_empty(t, x_t.shape[1], 1, x_t.shape[2])
+        for s in range(0, t, SCAN_CHUNK):
+            e = min(s + SCAN_CHUNK, t)
+            torch.mul(dt_t[s:e, :, None], a_t, out=da[s:e]).exp_()
+            dbx = torch.mul(b_t[s:e, :, :, None], dtx[s:e, :, None], out=_work("in", da[s:e]))  # (Q, B, N, D)
+            for i in range(s, e):
+                torch.addcmul(dbx[i - s], da[i], hs[i], out=hs[i + 1])
+            torch.matmul(c_t[s:e, :, None], hs[s + 1:e + 1], out=y[s:e])
+        ctx.save_for_backward(dt_t, x_t, dtx, a_t, b_t, c_t, hs, da)
+        return y[:, :, 0].transpose(0, 1)
 
     @staticmethod
     def backward(ctx, gy):
-        x, dt, A, b, c, da, dbx, hs = ctx.saved_tensors
-        dt_t, x_t, b_t, c_t, gy_t = (v.transpose(0, 1) for v in (dt, x, b, c, gy))
-        g = gy_t[..., None] * c_t[:, :, None, :]  # (T, B, D, N): dL/dh_t from y_t
-        for t in range(g.shape[0] - 2, -1, -1):  # adjoint recurrence g_t += da_{t+1} g_{t+1}, in place
-            g[t].addcmul_(da[t + 1], g[t + 1])
-        gc = torch.matmul(gy_t[:, :, None, :], hs)[:, :, 0]  # (T, B, N)
-        g_log = torch.sub(hs, dbx).mul_(g)  # dL/d(dt A) = g * da_t h_{t-1}, and da_t h_{t-1} = h_t - dbx_t
-        g_bx = torch.matmul(g, b_t[..., None])[..., 0]  # (T, B, D): sum_n g B
-        g_b = torch.matmul((dt_t * x_t)[:, :, None, :], g)[:, :, 0]  # (T, B, N)
-        g_dt = (g_log * A).sum(-1) + g_bx * x_t
-        g_A = (g_log * dt_t[..., None]).sum((0, 1))
-        return (g_bx * dt_t).transpose(0, 1), g_dt.transpose(0, 1), g_A, g_b.transpose(0, 1), gc.transpose(0, 1)
+        dt_t, x_t, dtx, a_t, b_t, c_t, hs, da = ctx.saved_tensors
+        gy_t = gy.transpose(0, 1).contiguous()
+        t = dtx.shape[0]
+        g_dtx, g_dt = dtx.new_empty(t, dtx.shape[1], 1, dtx.shape[2]), torch.empty_like(dtx)
+        g_b, g_c = b_t.new_empty(*b_t.shape, 1), c_t.new_empty(*c_t.shape, 1)
+        g_a, g_next = torch.zeros_like(a_t), None
+        for s in reversed(range(0, t, SCAN_CHUNK)):
+            e = min(s + SCAN_CHUNK, t)
+            g = torch.mul(c_t[s:e, :, :, None], gy_t[s:e, :, None], out=_work("g", da[s:e]))  # dL/dh from y
+            if g_next is not None:
+                g[-1].addcmul_(da[e], g_next)
+            for i in range(e - s - 2, -1, -1):  # the adjoint: g_i += exp(dt_{i+1} A) g_{i+1}
+                g[i].addcmul_(da[s + i + 1], g[i + 1])
+            g_next = _work("carry", g[0]).copy_(g[0])
+            torch.matmul(hs[s + 1:e + 1], gy_t[s:e, :, :, None], out=g_c[s:e])
+            torch.matmul(b_t[s:e, :, None], g, out=g_dtx[s:e])
+            torch.matmul(g, dtx[s:e, :, :, None], out=g_b[s:e])
+            q = torch.mul(da[s:e], hs[s:e], out=_work("q", g)).mul_(g).mul_(a_t)  # A g exp(dt A) h_{i-1}
+            torch.sum(q, 2, out=g_dt[s:e])
+            g_a += q.mul_(dt_t[s:e, :, None]).sum((0, 1))
+        g_dtx = g_dtx[:, :, 0]
+        g_dt += g_dtx * x_t
+        return ((g_dtx * dt_t).transpose(0, 1), g_dt.transpose(0, 1), (g_a / a_t).t(),
+                g_b[..., 0].transpose(0, 1), g_c[..., 0].transpose(0, 1))
+
+
+_WORK: dict = {}
+
+
+def _work(name: str, like: torch.Tensor) -> torch.Tensor:
+    """A reused scratch tensor shaped like `like`: fresh large allocations cost page faults on every call."""
+    key = (name, tuple(like.shape), like.dtype, like.device)
+    if key not in _WORK:
+        _WORK[key] = torch.empty_like(like, memory_format=torch.contiguous_format)
+    return _WORK[key]
+
+
+def causal_conv(x, weight, bias):
+    """transformers' depthwise causal conv1d (padding K-1, first T outputs) in (B, T, C) layout, as K shifted
+    products: x (B, T, C), weight (C, 1, K), bias (C,) or None -> (B, T, C). No transposes, and its backward
+    is K products instead of a slow depthwise convolution backward."""
+    k, t = weight.shape[-1], x.shape[1]
+    w = weight[:, 0].t()  # (K, C)
+    xp = F.pad(x, (0, 0, k - 1, 0))
+    y = xp[:, k - 1:] * w[k - 1] if bias is None else torch.addcmul(bias, xp[:, k - 1:], w[k - 1])
+    for j in range(k - 1):
+        y = torch.addcmul(y, xp[:, j:j + t], w[j])
+    return y
 
 
 def _mamba_forward(self, hidden_states, cache=None, attention_mask=None, **kwargs):
     """MambaMixer.forward for training: hidden_states (B, T, d) -> (B, T, d)."""
     if cache is not None or (attention_mask is not None and not bool(attention_mask.all())):
         return self._reference_forward(hidden_states, cache=cache, attention_mask=attention_mask, **kwargs)
-    t = hidden_states.shape[1]
     xs, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (B, T, d_inner) each
-    xc = self.act(self.conv1d(xs.transpose(1, 2))[..., :t]).transpose(1, 2)  # causal depthwise conv
+    xc = self.act(causal_conv(xs, self.conv1d.weight, self.conv1d.bias))
     dt, b, c = torch.split(self.x_proj(xc), [self.time_step_rank, self.ssm_state_size, self.ssm_state_size], dim=-1)
     dt = F.softplus(self.dt_proj(dt)).float()  # (B, T, d_inner)
     A = -torch.exp(self.A_log.float())  # (d_inner, N)
@@ -74,71 +121,76 @@ def _mamba_forward(self, hidden_states, cache=None, attention_mask=None, **kwarg
     return self.out_proj((y + xc * self.D) * F.silu(z))
 
 
-def ssd(x, dt, A, b, c, chunk: int):
-    """Chunked SSD from a zero state. x (B, T, H, P), dt (B, T, H), A (H,), b/c (B, T, H, N) -> y (B, T, H, P)."""
+def ssd(x, dt, A, b, c, chunk: int = SSD_CHUNK):
+    """Chunked SSD from a zero state. x (B, T, H, P), dt (B, T, H), A (H,), b/c (B, T, H, N) -> y (B, T, H, P).
+    Heads go before the chunk's positions, (B, n, H, Q, .), so every product is a plain batched matmul."""
     bsz, t = x.shape[:2]
     pad = (-t) % chunk  # dt = 0 on padding: no decay and no input
     if pad:
         x, dt, b, c = (F.pad(v, (0,) * (2 * v.dim() - 4) + (0, pad)) for v in (x, dt, b, c))
     n = x.shape[1] // chunk
-    x, dt, b, c = (v.unflatten(1, (n, chunk)) for v in (x, dt, b, c))  # (B, n, Q, ...)
+    x, b, c = (v.unflatten(1, (n, chunk)).transpose(2, 3) for v in (x, b, c))  # (B, n, H, Q, .)
+    dt = dt.unflatten(1, (n, chunk)).transpose(2, 3)  # (B, n, H, Q)
     xdt = x * dt[..., None]
-    acs = torch.cumsum(dt * A, dim=2)  # (B, n, Q, H): log decay from the chunk's start
-    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=x.device).tril()[None, None, :, :, None]
-    seg = (acs[:, :, :, None] - acs[:, :, None, :]).masked_fill(~causal, -torch.inf)  # (B, n, Ql, Qs, H)
-    scores = torch.einsum("bclhn,bcshn->bclsh", c, b) * torch.exp(seg)
-    y = torch.einsum("bclsh,bcshp->bclhp", scores, xdt)  # within each chunk
-    last = acs[:, :, -1]  # (B, n, H)
-    states = torch.einsum("bcshn,bcshp->bchpn", b * torch.exp(last[:, :, None] - acs)[..., None], xdt)
+    acs = torch.cumsum(dt * A[:, None], dim=-1)  # (B, n, H, Q): log decay from the chunk's start
+    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=x.device).tril()
+    seg = (acs[..., :, None] - acs[..., None, :]).masked_fill(~causal, -torch.inf)  # (B, n, H, Ql, Qs)
+    y = torch.matmul(torch.matmul(c, b.transpose(-1, -2)) * torch.exp(seg), xdt)  # within each chunk
+    last = acs[..., -1:]  # (B, n, H, 1)
+    states = torch.matmul((b * torch.exp(last - acs)[..., None]).transpose(-1, -2), xdt)  # (B, n, H, N, P)
     h, carried = torch.zeros_like(states[:, 0]), []
-    for i in range(n):  # the state entering chunk i, (B, H, P, N)
+    for i in range(n):  # the state entering chunk i, (B, H, N, P)
         carried.append(h)
-        h = h * torch.exp(last[:, i])[:, :, None, None] + states[:, i]
-    y = y + torch.einsum("bclhn,bchpn->bclhp", c, torch.stack(carried, 1)) * torch.exp(acs)[..., None]
-    return y.flatten(1, 2)[:, :t]
+        h = h * torch.exp(last[:, i])[..., None] + states[:, i]
+    y = y + torch.matmul(c, torch.stack(carried, 1)) * torch.exp(acs)[..., None]
+    return y.transpose(2, 3).flatten(1, 2)[:, :t]
 
 
 def _mamba2_forward(self, hidden_states, cache=None, attention_mask=None, **kwargs):
     """Mamba2Mixer.forward for training: hidden_states (B, T, d) -> (B, T, d)."""
     if cache is not None or (attention_mask is not None and not bool(attention_mask.all())):
         return self._reference_forward(hidden_states, cache=cache, attention_mask=attention_mask, **kwargs)
-    t = hidden_states.shape[1]
     z, xbc, dt = torch.split(self.in_proj(hidden_states), [self.intermediate_size, self.conv_dim, self.num_heads],
                              dim=-1)
-    xbc = self.act(self.conv1d(xbc.transpose(1, 2))[..., :t]).transpose(1, 2)  # (B, T, conv_dim)
+    xbc = self.act(causal_conv(xbc, self.conv1d.weight, self.conv1d.bias))  # (B, T, conv_dim)
     gn = self.n_groups * self.ssm_state_size
     xs, b, c = torch.split(xbc, [self.intermediate_size, gn, gn], dim=-1)
     rep = self.num_heads // self.n_groups
     b, c = (v.unflatten(-1, (self.n_groups, -1)).repeat_interleave(rep, dim=-2).float() for v in (b, c))
     dt = F.softplus(dt + self.dt_bias).clamp(*self.time_step_limit).float()  # (B, T, H)
     xs = xs.unflatten(-1, (self.num_heads, self.head_dim))  # (B, T, H, P)
-    y = ssd(xs.float(), dt, -torch.exp(self.A_log.float()), b, c, self.chunk_size).to(xs.dtype)
+    y = ssd(xs.float(), dt, -torch.exp(self.A_log.float()), b, c).to(xs.dtype)
     y = (y + xs * self.D[:, None]).flatten(-2)  # (B, T, d_inner)
     return self.out_proj(self.norm(y, z))
 
 
 def wkv(w, u, k, v, chunk: int = WKV_CHUNK):
-    """RWKV-4 WKV from an empty state. w (decay, < 0), u (A,); k, v (B, T, A) fp32 -> (B, T, A)."""
-    bsz, _, a = k.shape
-    num, den = k.new_zeros(bsz, a), k.new_zeros(bsz, a)
-    p = k.new_full((bsz, a), -1e38)  # log scale of (num, den): real value num * e^p
+    """RWKV-4 WKV from an empty state. w (decay, < 0), u (A,); k, v (B, T, A) fp32 -> (B, T, A).
+    Channels go before time, (B, A, Q, Q), so the sums over a chunk's positions are batched matmuls, and the
+    pairwise exponents (t - i - 1) w / u / -inf are built once per call for the whole batch."""
+    bsz, t, a = k.shape
+    k, v = k.transpose(1, 2), v.transpose(1, 2)  # (B, A, T)
+    pos = torch.arange(chunk, device=k.device, dtype=k.dtype)
+    gap = pos[:, None] - pos[None, :]  # (Qt, Qi): t - i
+    pair = torch.where(gap > 0, (gap - 1) * w[:, None, None], u[:, None, None])  # (A, Qt, Qi)
+    pair = pair.masked_fill(gap < 0, -torch.inf)
+    num, den = k.new_zeros(bsz, a, 1), k.new_zeros(bsz, a, 1)
+    p = k.new_full((bsz, a, 1), -1e38)  # log scale of (num, den): real value num * e^p
     out = []
-    for s in range(0, k.shape[1], chunk):
-        kq, vq = k[:, s:s + chunk], v[:, s:s + chunk]  # (B, Q, A)
-        q = kq.shape[1]
-        t = torch.arange(q, device=k.device, dtype=k.dtype)
-        gap = (t[:, None] - t[None, :])[None, :, :, None]  # (1, Qt, Qi, 1): t - i
-        e = torch.where(gap > 0, (gap - 1) * w + kq[:, None], u + kq[:, None])
-        e = e.masked_fill(gap < 0, -torch.inf)  # (B, Qt, Qi, A)
-        carried = p[:, None] + t[None, :, None] * w  # (B, Q, A): exponent of the state's term
-        m = torch.maximum(e.amax(dim=2), carried).detach()  # the shift cancels: no gradient needed
-        ex, ec = torch.exp(e - m[:, :, None]), torch.exp(carried - m)
-        out.append(((ex * vq[:, None]).sum(2) + ec * num[:, None]) / (ex.sum(2) + ec * den[:, None]))
-        after = (q - 1 - t)[None, :, None] * w + kq  # (B, Q, A): exponents in the state after the chunk
-        p_new = torch.maximum(after.amax(1), p + q * w).detach()
-        ea, ec = torch.exp(after - p_new[:, None]), torch.exp(p + q * w - p_new)
-        num, den, p = (ea * vq).sum(1) + ec * num, ea.sum(1) + ec * den, p_new
-    return torch.cat(out, dim=1)
+    for s in range(0, t, chunk):
+        kq, vq = k[:, :, s:s + chunk], v[:, :, s:s + chunk]  # (B, A, Q)
+        q = kq.shape[-1]
+        e = pair[:, :q, :q] + kq[:, :, None, :]  # (B, A, Qt, Qi)
+        carried = p + pos[:q] * w[:, None]  # (B, A, Q): exponent of the state's term
+        m = torch.maximum(e.amax(dim=-1), carried).detach()  # the shift cancels: no gradient needed
+        ex, ec = torch.exp(e - m[..., None]), torch.exp(carried - m)
+        nd = torch.matmul(ex, torch.stack([vq, torch.ones_like(vq)], -1))  # (B, A, Q, 2): sums over i
+        out.append((nd[..., 0] + ec * num) / (nd[..., 1] + ec * den))
+        after = (q - 1 - pos[:q]) * w[:, None] + kq  # (B, A, Q): exponents in the state after the chunk
+        p_new = torch.maximum(after.amax(-1, keepdim=True), p + q * w[:, None]).detach()
+        ea, ec = torch.exp(after - p_new), torch.exp(p + q * w[:, None] - p_new)
+        num, den, p = (ea * vq).sum(-1, keepdim=True) + ec * num, ea.sum(-1, keepdim=True) + ec * den, p_new
+    return torch.cat(out, dim=-1).transpose(1, 2)
 
 
 def _rwkv_forward(self, hidden, state=None, use_cache=False):

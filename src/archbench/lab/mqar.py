@@ -12,7 +12,8 @@ One example of sequence length L with P pairs over a vocabulary of V tokens:
 Inputs are the first L tokens, labels the next-token targets (input position i predicts token i + 1), so a
 query's label sits at the query's own position. Filler positions hold random tokens; unlike Zoology, which
 draws them from the whole vocabulary, fillers here never repeat one of the example's keys, so every query's
-key appears exactly once before it (the property the tests check). Deterministic: numpy's Generator seeded
+key appears exactly once before it (the property the tests check). fill="zero" sets every filler to token 0
+instead (Zoology's random_non_queries=False, its figure-2 setting). Deterministic: numpy's Generator seeded
 with (seed, L, P, V). A train set is a mix of (L, P) segments; a test set is a grid, each point scored apart.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 IGNORE = -100
+FILLS = ("random", "zero")
 POWER_A = 0.01  # Zoology's default: gaps between a key and its query follow p(g) ~ g^(a-1)
 
 
@@ -43,9 +45,13 @@ def check(seq_len: int, pairs: int, vocab: int) -> None:
                          f"{pairs} keys and {pairs} values in disjoint halves")
 
 
-def generate(seq_len: int, pairs: int, vocab: int, n: int, seed: int, power_a: float = POWER_A) -> Segment:
-    """n examples of length seq_len with `pairs` key-value pairs; same arguments, same tensors."""
+def generate(seq_len: int, pairs: int, vocab: int, n: int, seed: int, power_a: float = POWER_A,
+             fill: str = "random") -> Segment:
+    """n examples of length seq_len with `pairs` key-value pairs; same arguments, same tensors.
+    fill: "random" tokens between the queries, or "zero" (token 0, Zoology's random_non_queries=False)."""
     check(seq_len, pairs, vocab)
+    if fill not in FILLS:
+        raise ValueError(f"MQAR fill {fill!r}: choose {' or '.join(FILLS)}")
     rng = np.random.default_rng([seed, seq_len, pairs, vocab])
     half = vocab // 2
     keys = np.argsort(rng.random((n, half - 1)), axis=1)[:, :pairs] + 1  # (n, P) distinct, in [1, V/2)
@@ -63,19 +69,21 @@ def generate(seq_len: int, pairs: int, vocab: int, n: int, seed: int, power_a: f
     is_query[rows, 2 * gaps] = is_query[rows, 2 * gaps + 1] = True
     clash = ~is_query & (tail[:, :, None] == keys[:, None, :]).any(-1)
     tail[clash] = rng.integers(half, vocab, size=int(clash.sum()))
+    if fill == "zero":
+        tail[~is_query] = 0
     labels = np.full((n, seq_len + 1), IGNORE)
     labels[rows, qpos + 1] = values
     return Segment(seq_len, pairs, torch.from_numpy(seq[:, :-1].copy()), torch.from_numpy(labels[:, 1:].copy()))
 
 
-def mix(points: list[tuple[int, int]], vocab: int, n: int, seed: int) -> list[Segment]:
+def mix(points: list[tuple[int, int]], vocab: int, n: int, seed: int, fill: str = "random") -> list[Segment]:
     """A training mix: n examples per (seq_len, pairs) point."""
-    return [generate(length, pairs, vocab, n, seed) for length, pairs in points]
+    return [generate(length, pairs, vocab, n, seed, fill=fill) for length, pairs in points]
 
 
-def grid(points: list[tuple[int, int]], vocab: int, n: int, seed: int) -> list[Segment]:
+def grid(points: list[tuple[int, int]], vocab: int, n: int, seed: int, fill: str = "random") -> list[Segment]:
     """A test grid: one segment per (seq_len, pairs) point, seeded apart from training (seed + 1_000_003)."""
-    return [generate(length, pairs, vocab, n, seed + 1_000_003) for length, pairs in points]
+    return [generate(length, pairs, vocab, n, seed + 1_000_003, fill=fill) for length, pairs in points]
 
 
 def parse_points(text: str) -> list[tuple[int, int]]:

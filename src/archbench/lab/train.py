@@ -59,6 +59,7 @@ class TrainConfig:
     mqar_train: str = "64x4,64x8"  # LENGTHxPAIRS mix, mqar_examples of each
     mqar_test: str = "64x4,64x8,128x8,256x8"  # the test grid (longer than trained included)
     mqar_examples: int = 20000
+    mqar_fill: str = "random"  # between queries: "random" tokens or "zero" (Zoology's figure-2 setting)
     mqar_test_examples: int = 500
     eval_every: int = 500  # steps between validation estimates (0: only at the end)
     eval_windows: int = 200  # validation windows per estimate during training (the end uses the whole split)
@@ -110,14 +111,14 @@ def load_data(cfg: TrainConfig) -> Data:
         return Data("text", len(td.chars) + 2, cfg.context, text.tokenizer(td.chars, "char"), td.train,
                     text.windows(td.val, cfg.context), td.sha256)
     train_pts, test_pts = mqar.parse_points(cfg.mqar_train), mqar.parse_points(cfg.mqar_test)
-    segs = mqar.mix(train_pts, cfg.mqar_vocab, cfg.mqar_examples, cfg.seed)
+    segs = mqar.mix(train_pts, cfg.mqar_vocab, cfg.mqar_examples, cfg.seed, cfg.mqar_fill)
     width = max(s.seq_len for s in segs)
     xs = torch.cat([torch.nn.functional.pad(s.inputs, (0, width - s.seq_len)) for s in segs])  # right-padded
     ys = torch.cat([torch.nn.functional.pad(s.labels, (0, width - s.seq_len), value=mqar.IGNORE) for s in segs])
-    test = mqar.grid(test_pts, cfg.mqar_vocab, cfg.mqar_test_examples, cfg.seed)
+    test = mqar.grid(test_pts, cfg.mqar_vocab, cfg.mqar_test_examples, cfg.seed, cfg.mqar_fill)
     tok = text.tokenizer(text.mqar_symbols(cfg.mqar_vocab), "space")
     return Data("mqar", cfg.mqar_vocab + 2, max(p[0] for p in train_pts + test_pts), tok, (xs, ys), test,
-                f"mqar:{cfg.mqar_vocab}:{cfg.mqar_train}:{cfg.mqar_examples}:{cfg.seed}")
+                f"mqar:{cfg.mqar_vocab}:{cfg.mqar_train}:{cfg.mqar_examples}:{cfg.seed}:{cfg.mqar_fill}")
 
 
 def global_batch(cfg: TrainConfig, data: Data, step: int) -> tuple[torch.Tensor, torch.Tensor]:
