@@ -213,6 +213,7 @@ def test_mqar_run_scores_every_grid_point(tmp_path):
     result = train(cfg)
     assert [(r["seq_len"], r["pairs"]) for r in result["mqar"]] == [(32, 4), (64, 4)]
     assert all(r["queries"] == 64 and 0 <= r["accuracy"] <= 1 for r in result["mqar"])
+    assert result["mqar"][1]["state_bytes"] == 2 * result["mqar"][0]["state_bytes"] > 0  # a KV cache: grows with T
 
 
 def test_bad_input_is_one_line(tmp_path):

@@ -205,3 +205,49 @@ ask:
     lines.clear()
     study.run_study(study=path, echo=lines.append)
     assert not any(line.startswith("== ") for line in lines)  # the trained model is done: nothing reruns
+
+
+def test_a_learning_rate_sweep_runs_each_rate_and_reports_the_best(tmp_path):
+    args = ("{arch: gpt2, data: mqar, width: 32, depth: 2, batch_size: 16, iters: 6, warmup: 1, mqar_vocab: 128, "
+            "mqar_train: 32x4, mqar_test: '32x4,64x4', mqar_examples: 64, mqar_test_examples: 16, eval_every: 0, "
+            "threads: 1}")
+    path = write(tmp_path / "sweep.yaml", f"""
+name: sweep
+out: {tmp_path / "out"}
+train:
+  - {{name: m, lrs: [1.0e-4, 3.0e-2], args: {args}}}
+models:
+  - {{model: {tmp_path / "out" / "lab" / "m-lr0.0001"}, label: m, family: transformer}}
+""")
+    result = study.run_study(study=path, echo=lambda _: None)
+    assert [s.name for s in result["stages"]] == ["train:m-lr0.0001", "train:m-lr0.03"]
+    # (so few steps learn little: which rate wins is checked on known numbers in the next test)
+    runs = {lr: json.loads((tmp_path / "out" / "lab" / f"m-lr{lr}" / "train.json").read_text())
+            for lr in ("0.0001", "0.03")}
+    md = (tmp_path / "out" / "report.md").read_text()
+    for i, test in enumerate(("32 x 4", "64 x 4")):
+        best = max(runs, key=lambda lr: runs[lr]["mqar"][i]["accuracy"])
+        row = next(line for line in md.splitlines() if line.startswith("| m | gpt2 |") and f"| {test} |" in line)
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[5] == f"{runs[best]['mqar'][i]['accuracy']:.3f}" and cells[6] == best
+        assert cells[7] == "0.0001, 0.03" and cells[8] != "-"  # both rates tried; state bytes measured
+    assert (tmp_path / "out" / "plots" / "lab_mqar.png").exists()
+    with pytest.raises(study.StudyError, match=r"train\[0\].lrs"):
+        study.load(write(tmp_path / "bad.yaml", "name: b\nout: o\ntrain: [{name: m, lrs: [1.0e-3], args: "
+                                                "{lr: 1.0e-3}}]\nmodels: [{model: m, family: rwkv}]\n"))
+
+
+def test_the_report_keeps_each_points_best_learning_rate():
+    from archbench import report_lab
+
+    def run(name, lr, width, accs):
+        settings = {"arch": "llama", "data": "mqar", "width": width, "lr": lr, "out": f"o/{name}"}
+        return {"name": name, "arch": "llama", "family": "transformer", "shape": {"blocks": 2, "width": width},
+                "settings": settings, "mqar": [{"seq_len": n, "pairs": 8, "accuracy": a, "state_bytes": 64 * n}
+                                               for n, a in zip((64, 128), accs)]}
+
+    res = {"lab": [run("a-lr0.001", 1e-3, 64, (0.9, 0.2)), run("a-lr0.01", 1e-2, 64, (0.5, 0.4)),
+                   run("b", 1e-3, 32, (0.1, 0.0))]}  # b: another width, so not part of a's sweep
+    got = {(p["label"], p["seq_len"]): (p["accuracy"], p["lr"], p["tried"]) for p in report_lab.mqar_points(res)}
+    assert got == {("a", 64): (0.9, 1e-3, [1e-3, 1e-2]), ("a", 128): (0.4, 1e-2, [1e-3, 1e-2]),
+                   ("b", 64): (0.1, 1e-3, [1e-3]), ("b", 128): (0.0, 1e-3, [1e-3])}

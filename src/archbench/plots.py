@@ -180,3 +180,62 @@ def loss_curves(runs: list[dict], title: str = "LoRA fine-tuning") -> bytes | No
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _png(fig)
+
+
+def lab_losses(runs: list[dict]) -> bytes | None:
+    """Lab training loss against tokens seen and against training wall-clock; one row of panels per data kind
+    (text, MQAR), one line per run coloured by family."""
+    kinds = list(dict.fromkeys(r["data"] for r in runs if r["tokens"]))
+    if not kinds:
+        return None
+    fig = Figure(figsize=(9, 3.4 * len(kinds)))
+    for row, kind in enumerate(kinds):
+        for col, (key, xlabel) in enumerate((("tokens", "tokens seen"), ("wall_s", "training wall-clock (s)"))):
+            ax = fig.add_subplot(len(kinds), 2, 2 * row + col + 1)
+            for r in (r for r in runs if r["data"] == kind and r["tokens"]):
+                ax.plot(r[key], r["losses"], color=family_color(r["family"]), label=r["label"], linewidth=1,
+                        marker="." if len(r["losses"]) < 50 else None)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"training loss ({kind})")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
+    return _png(fig)
+
+
+def mqar_frontier(points: list[dict], bench: list[dict]) -> bytes | None:
+    """MQAR accuracy (best of each sweep) vs sequence length, and vs the bytes of state one sequence leaves
+    (Zoology's recall-memory frontier), beside decode latency vs context of benchmarked models."""
+    if not points:
+        return None
+    bench = [p for p in bench if p.get("status", "ok") == "ok" and p.get("context")]
+    fig = Figure(figsize=(4.5 * (2 + bool(bench)), 3.8))
+    ax = fig.add_subplot(1, 2 + bool(bench), 1)
+    lines: dict[tuple, list[dict]] = {}
+    for p in points:
+        lines.setdefault((p["label"], p["family"], p["pairs"]), []).append(p)
+    for (label, family, pairs), ps in lines.items():
+        ps.sort(key=lambda p: p["seq_len"])
+        ax.plot([p["seq_len"] for p in ps], [p["accuracy"] for p in ps], marker="o", color=family_color(family),
+                label=f"{label} ({pairs} pairs)")
+    ax.set_xscale("log", base=2)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("MQAR sequence length")
+    ax.set_ylabel("accuracy (best learning rate)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6)
+    ax = fig.add_subplot(1, 2 + bool(bench), 2)
+    for p in (p for p in points if p.get("state_bytes")):
+        ax.plot([p["state_bytes"]], [p["accuracy"]], marker="o", linestyle="", color=family_color(p["family"]))
+        ax.annotate(f"{p['label']} L{p['seq_len']}", (p["state_bytes"], p["accuracy"]), fontsize=5,
+                    xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("state bytes after one sequence (KV cache / recurrent state)")
+    ax.set_ylabel("accuracy")
+    ax.grid(alpha=0.3, which="both")
+    _legend(ax, {p["family"] for p in points}, False)
+    if bench:
+        ax = fig.add_subplot(1, 3, 3)
+        _bench_panel(ax, bench, "decode_ms_median", "decode latency (ms/token, median)")
+        ax.set_title("decode cost vs context", fontsize=9)
+    return _png(fig)

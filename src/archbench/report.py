@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from archbench import families, fmt, plots, tables
+from archbench import families, fmt, plots, report_lab, tables
 from archbench.report_html import to_html
 from archbench.store import Store
 from archbench.summary import summarize
@@ -275,9 +275,11 @@ def _figures(res: dict) -> list[tuple[str, str, bytes]]:
                                       recall_points(res), bench_points(res))),
             ("recall_heatmaps", "Recall by depth x context size, per model", plots.depth_heatmaps(recall_points(res))),
             ("loss_curves", "Fine-tuning loss", plots.loss_curves(train)),
-            ("lab_loss_curves", "Training loss from scratch vs step (same data, order and batch for every family)",
-             plots.loss_curves([{"label": f"{r['name']} ({r['family']})", "steps": [e["step"] for e in r["log"]],
-                                 "losses": [e["loss"] for e in r["log"]]} for r in res["lab"]], "from scratch"))]
+            ("lab_loss_curves", "Training loss from scratch vs tokens and vs wall-clock (same data, order and batch "
+                                "for every family)", plots.lab_losses(report_lab.loss_runs(res))),
+            ("lab_mqar", "MQAR recall vs sequence length and vs state bytes (best learning rate per point), beside "
+                         "decode latency vs context", plots.mqar_frontier(report_lab.mqar_points(res),
+                                                                          bench_points(res)))]
     return [(name, title, png) for name, title, png in made if png]
 
 
@@ -307,6 +309,8 @@ def build(res: dict, figures: list) -> list[tuple]:
                                     ("Same model, two runs (B − A)", comparison_table(points)),
                                     ("Fine-tuning runs", train_table(res)),
                                     ("Trained from scratch (lab)", lab_table(res)),
+                                    ("MQAR recall of the lab models (best of each learning-rate sweep)",
+                                     report_lab.mqar_table(res)),
                                     ("Efficiency sweep", bench_table(bench_points(res)))):
         if rows:
             blocks += [("h2", heading), ("table", header, rows)]

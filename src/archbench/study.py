@@ -60,7 +60,8 @@ FINETUNE = {"name": (_STR, REQ), "model": (_STR, REQ), "label": (_STR, None), "t
 BENCH = {"name": (_STR, REQ), "models": ((list,), REQ), "contexts": ((list,), REQ), "batches": ((list,), [1]),
          **_derived(BenchConfig, ("new_tokens", "prompt_source", "min_runs", "min_seconds", "rounds"))}
 REPORT = {"title": (_STR, None), "out": (_STR, None)}
-TRAIN = {"name": (_STR, REQ), "args": ((dict,), {})}  # a lab run: TrainConfig's fields in args
+TRAIN = {"name": (_STR, REQ), "args": ((dict,), {}),  # a lab run: TrainConfig's fields in args
+         "lrs": ((list,), None)}  # a learning-rate sweep: one run NAME-lrLR per value (the report keeps the best)
 FINETUNE_ARGS = sorted(STUDY_ARGS)  # what a study's fine-tune `args` may set
 _ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -233,6 +234,17 @@ def _validate_train(spec: dict, fail) -> None:
         for key in t["args"]:
             if key not in known:
                 fail(f"train[{i}].args.{key}", f"not a training option (known: {', '.join(known)})")
+        if t["lrs"] is not None:
+            _list_of(t["lrs"], float, f"train[{i}].lrs", fail)
+            if min(t["lrs"]) <= 0 or "lr" in t["args"]:
+                fail(f"train[{i}].lrs", "learning rates must be > 0, and args.lr must not be set beside them")
+
+
+def _runs(t: dict) -> list[tuple[str, dict]]:
+    """A train entry's runs as (name, TrainConfig args): one, or one per learning rate of its sweep."""
+    if t["lrs"] is None:
+        return [(t["name"], t["args"])]
+    return [(f"{t['name']}-lr{lr:g}", {**t["args"], "lr": lr}) for lr in t["lrs"]]
 
 
 def _validate_evals(spec: dict, fail) -> None:
@@ -369,10 +381,10 @@ def _train_stages(spec: dict, out: Path, db: str) -> list[Stage]:
     from archbench.lab.train import TrainConfig
 
     stages = []
-    for t in spec["train"]:
-        call = TrainConfig(out=str(out / "lab" / t["name"]), db=db, **t["args"])
-        what = f"train {call.arch} from scratch on {call.data} ({', '.join(f'{k}={v}' for k, v in t['args'].items())})"
-        stages.append(Stage(f"train:{t['name']}", "train", t["name"], "", what, call, call.out))
+    for name, args in (run for t in spec["train"] for run in _runs(t)):
+        call = TrainConfig(out=str(out / "lab" / name), db=db, **args)
+        what = f"train {call.arch} from scratch on {call.data} ({', '.join(f'{k}={v}' for k, v in args.items())})"
+        stages.append(Stage(f"train:{name}", "train", name, "", what, call, call.out))
     return stages
 
 

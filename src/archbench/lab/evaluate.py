@@ -1,7 +1,9 @@
 """Evaluation of lab models: validation loss and bits per character on held-out text (every token of the
 split once, nanoGPT's metric on the whole split instead of its 200 sampled batches), and MQAR accuracy per
 (sequence length, pairs) point of a test grid (Zoology's metric: the share of queries whose answer is the
-argmax), lengths beyond training included. Results go to the caller's dict and to archbench's store.
+argmax), lengths beyond training included, with the bytes of the state the model holds after reading one
+sequence of that length (KV cache or recurrent state, measured on the engine's own prefill: Zoology's
+recall-memory axis). Results go to the caller's dict and to archbench's store.
 """
 from __future__ import annotations
 
@@ -46,9 +48,21 @@ def text_loss(loss_mod: LMLoss, x: torch.Tensor, y: torch.Tensor, batch_size: in
     return {"val_loss": total / count, "val_bpc": total / count / math.log(2), "val_tokens": count}
 
 
+@torch.inference_mode()
+def state_bytes(lm, inputs: torch.Tensor) -> int:
+    """Bytes of the state (KV cache or recurrent state) model `lm` holds after prefilling inputs (1, T)."""
+    from archbench import families
+
+    fam = families.get(families.family_of(lm.config.model_type))
+    state, _ = fam.prefill(lm, inputs)
+    return int(fam.state_bytes(state))
+
+
 @torch.no_grad()
-def mqar_accuracy(loss_mod: LMLoss, segments: list[mqar.Segment], batch_size: int, device) -> list[dict]:
-    """Accuracy of every test segment: [{seq_len, pairs, accuracy, queries, loss}]."""
+def mqar_accuracy(loss_mod: LMLoss, segments: list[mqar.Segment], batch_size: int, device,
+                  with_state: bool = False) -> list[dict]:
+    """Accuracy of every test segment: [{seq_len, pairs, accuracy, queries, loss}] (+ state_bytes of one
+    sequence with `with_state`)."""
     was = loss_mod.training
     loss_mod.eval()
     rows = []
@@ -62,6 +76,8 @@ def mqar_accuracy(loss_mod: LMLoss, segments: list[mqar.Segment], batch_size: in
             loss += part.item()
         rows.append({"seq_len": seg.seq_len, "pairs": seg.pairs, "accuracy": right / total, "queries": total,
                      "loss": loss / total})
+        if with_state:
+            rows[-1]["state_bytes"] = state_bytes(loss_mod.lm, seg.inputs[:1].to(device))
     loss_mod.train(was)
     return rows
 

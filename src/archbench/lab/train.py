@@ -320,7 +320,7 @@ def final_eval(cfg: TrainConfig, run: dict) -> dict:
     mod = run["accelerator"].unwrap_model(run["loss_mod"])
     if data.kind == "text":
         return evaluate.text_loss(mod, *data.test, 256, dev)
-    rows = evaluate.mqar_accuracy(mod, data.test, 128, dev)
+    rows = evaluate.mqar_accuracy(mod, data.test, 128, dev, with_state=True)
     return {"mqar": rows, "mqar_mean_accuracy": sum(r["accuracy"] for r in rows) / len(rows)}
 
 
