@@ -63,7 +63,7 @@ def test_forcing_torch_leaves_the_model_alone_and_says_so(path):
         assert "forward" not in vars(lin)
         lin(torch.randn(64, 512))
     assert not hasattr(lin, "_onednn_weight")
-    assert fastlinear.kernel(CPU, torch.float32) == "decode torch, prefill torch (forced)"
+    assert fastlinear.kernel(CPU, torch.float32) == "decode1 torch, decode torch, prefill torch (forced)"
     w = torch.randn(300, 64)
     assert torch.equal(fastlinear.linear(torch.ones(40, 64), fastlinear.pack(w)), torch.ones(40, 64) @ w.T)
 
@@ -82,20 +82,27 @@ def test_weight_matches_f_linear_on_either_path(path, forced):
 
 def test_the_path_is_measured_once_per_host_cached_and_reported(path, monkeypatch, tmp_path):
     calls = []
-    fake = {"decode": {"torch": 3.0, "onednn-prepacked": 1.0}, "prefill": {"torch": 1.0, "onednn-prepacked": 1.5}}
+    fake = {"decode1": {"torch": 1.0, "onednn-prepacked": 1.2}, "decode": {"torch": 3.0, "onednn-prepacked": 1.0},
+            "prefill": {"torch": 1.0, "onednn-prepacked": 1.5}}
     monkeypatch.setattr(fastlinear, "measure", lambda: calls.append(1) or fake)
     monkeypatch.setenv("ARCHBENCH_CACHE", str(tmp_path))
     path("auto")
     c = fastlinear.choice()
     assert (c["decode"]["path"], c["prefill"]["path"]) == ("onednn-prepacked", "torch")
     assert c["decode"]["speedup"] == 3.0 and c["source"] == "measured now"
-    assert fastlinear.uses_onednn(CPU, torch.float32, 1) and not fastlinear.uses_onednn(CPU, torch.float32, 100)
+    assert [fastlinear.uses_onednn(CPU, torch.float32, rows) for rows in (1, 2, 3, 16, 17)] == \
+        [False, False, True, True, False]  # 1-2 rows: decode1, 3-16: decode, more: prefill
     cached = json.loads((tmp_path / "linear-paths.json").read_text())
     assert list(cached) == [fastlinear.host_key()]
     fastlinear.choice.cache_clear()  # a new process on the same host reads the file
     assert fastlinear.kernel(CPU, torch.float32) == \
-        "decode onednn-prepacked x3.00, prefill torch x1.50 (measured (cached))"
+        "decode1 torch x1.20, decode onednn-prepacked x3.00, prefill torch x1.50 (measured (cached))"
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # another ISA cap is another host key: measured again
     fastlinear.choice.cache_clear()
     fastlinear.choice()
     assert len(calls) == 2 and len(json.loads((tmp_path / "linear-paths.json").read_text())) == 2
+    # a cache written before the 1-row regime existed is measured again, not read with a regime missing
+    stale = {fastlinear.host_key(): {r: {"path": "torch"} for r in ("decode", "prefill")}}
+    (tmp_path / "linear-paths.json").write_text(json.dumps(stale))
+    fastlinear.choice.cache_clear()
+    assert fastlinear.choice()["decode1"]["path"] == "torch" and len(calls) == 3

@@ -8,7 +8,8 @@ once into its blocked layout (what intel-extension-for-pytorch's `ipex.optimize`
 CPU weight prepacking) reaches the peak on large products and runs decode shapes 2-4x faster on a 2-core
 EPYC (measured: benchmarks/engine_vs_hf.py). Neither wins everywhere (oneDNN capped to AVX2 on an AVX-512
 host, `ONEDNN_MAX_CPU_ISA=AVX2`, loses to MKL's AVX-512 sgemm), so `choice()` times both on a decode shape
-(DECODE_ROWS rows or fewer) and a prefill shape, once per host key (CPU model and flags, torch version and
+(1-2 rows, and up to DECODE_ROWS rows: MKL's gemv wins the first on some hosts, oneDNN the second) and a
+prefill shape, once per host key (CPU model and flags, torch version and
 threads, the ISA caps of oneDNN / MKL / ATen in the environment) in $ARCHBENCH_CACHE/linear-paths.json;
 `ARCHBENCH_LINEAR=torch` or `=onednn` skips the measurement. Results agree with `F.linear` to fp32 rounding.
 
@@ -36,6 +37,8 @@ from torch import nn
 ROWS_HINT = 8  # oneDNN picks the packed layout for this many rows; measured equal from 1 to 1,500 rows
 MIN_MACS = 2**19  # smaller products stay on F.linear: oneDNN's ~14 us call overhead loses below this
 DECODE_ROWS = 16  # a product of at most this many rows counts as decode (skinny, weight-bandwidth bound)
+REGIMES = {"decode1": 1, "decode": 4, "prefill": 256}  # rows measured per regime (regime(): 1-2, 3-16, more)
+STREAM = 24  # weight copies a decode measurement streams through
 ONEDNN, TORCH = "onednn-prepacked", "torch"
 _ENV_KEYS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY",
              "ARCHBENCH_LINEAR")
@@ -88,20 +91,31 @@ def _fastest_s(fn, calls: int, rounds: int = 3) -> float:
 
 
 def measure() -> dict:
-    """Seconds per call of both paths on a 1536 x 576 weight (a small LM's MLP) at 4 rows (decode) and 256
-    rows (prefill), fastest of three rounds each: ~0.1 s on an idle 2-core CPU."""
+    """Seconds per product of both paths on 1536 x 576 weights (a small LM's MLP), fastest of a few rounds:
+    decode shapes (1 row, 4 rows) streamed through STREAM copies of the weight (85 MB, past a CPU's last-level
+    cache, as decode streams a model's weights from memory: a cache-resident weight would favour the path with
+    the cheaper call, not the one nearer the bandwidth), the prefill shape (256 rows) on one weight. ~0.3 s."""
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(1536, 576, generator=gen)
-    packed_w = onednn_pack(w)
+    weights = [w.clone() for _ in range(STREAM)]
+    packs = [onednn_pack(v) for v in weights]
     out = {}
     with torch.inference_mode():
-        for regime, rows, calls in (("decode", 4, 12), ("prefill", 256, 3)):
+        for regime, rows in REGIMES.items():
             x = torch.randn(rows, 576, generator=gen)
-            paths = {TORCH: lambda x=x: F.linear(x, w), ONEDNN: lambda x=x: onednn_linear(x, packed_w)}
+            n = 1 if regime == "prefill" else STREAM
+            paths = {TORCH: lambda x=x, n=n: [F.linear(x, v) for v in weights[:n]],
+                     ONEDNN: lambda x=x, n=n: [onednn_linear(x, v) for v in packs[:n]]}
             for fn in paths.values():  # warm-up: oneDNN creates its primitive on the first call
                 fn()
-            out[regime] = {name: _fastest_s(fn, calls) for name, fn in paths.items()}
+            out[regime] = {name: _fastest_s(fn, 3 if n == 1 else 1, 3 if n == 1 else 5) / n
+                           for name, fn in paths.items()}
     return out
+
+
+def regime(rows: int) -> str:
+    """The measured regime a product of `rows` rows falls in."""
+    return "decode1" if rows <= 2 else "decode" if rows <= DECODE_ROWS else "prefill"
 
 
 def _decide(seconds: dict) -> dict:
@@ -120,7 +134,7 @@ def _cache_file():
 
 
 def _fixed(path: str, source: str) -> dict:
-    return {"decode": {"path": path}, "prefill": {"path": path}, "source": source}
+    return {r: {"path": path} for r in REGIMES} | {"source": source}
 
 
 @lru_cache(maxsize=1)
@@ -138,7 +152,7 @@ def choice() -> dict:
         cached = json.loads(path.read_text())
     except (OSError, ValueError):
         cached = {}
-    if key not in cached:
+    if not set(REGIMES) <= set(cached.get(key, {})):  # never measured here, or before a regime was added
         cached[key] = _decide(measure())
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +169,7 @@ def uses_onednn(device: torch.device, dtype: torch.dtype, rows: int) -> bool:
     """Whether a product of `rows` rows on `device`/`dtype` goes through oneDNN on this host."""
     if not available(device, dtype):
         return False
-    return choice()["decode" if rows <= DECODE_ROWS else "prefill"]["path"] == ONEDNN
+    return choice()[regime(rows)]["path"] == ONEDNN
 
 
 def kernel(device: torch.device, dtype: torch.dtype) -> str:
@@ -165,7 +179,7 @@ def kernel(device: torch.device, dtype: torch.dtype) -> str:
         return TORCH
     c = choice()
     parts = [f"{r} {c[r]['path']}" + (f" x{c[r]['speedup']:.2f}" if "speedup" in c[r] else "")
-             for r in ("decode", "prefill")]
+             for r in REGIMES]
     return f"{', '.join(parts)} ({c['source']})"
 
 
@@ -233,7 +247,7 @@ def packed(model: nn.Module):
     """Run `model`'s fp32 CPU linears through oneDNN with prepacked weights inside the block where oneDNN is
     this host's path for the product's rows (no-op where neither regime takes oneDNN)."""
     p = next(model.parameters())
-    if not (uses_onednn(p.device, p.dtype, 1) or uses_onednn(p.device, p.dtype, DECODE_ROWS + 1)):
+    if not any(uses_onednn(p.device, p.dtype, rows) for rows in REGIMES.values()):
         yield
         return
     mods = [m for m in model.modules() if _eligible(m)]
