@@ -1,10 +1,10 @@
 """Roofline accounting for `archbench bench`: the machine's measured rates and the work of a bench point.
 
 Rates are measured by the bench command itself, once per run, on the run's device (and dtype for matmuls):
-  matmul_rates()   median FLOP/s of n x n @ n x n products (2 n^3 FLOPs each), device synchronised, per path
+  matmul_rates()   best FLOP/s of n x n @ n x n products (2 n^3 FLOPs each), device synchronised, per path
                    the engine uses: torch.mm, and on CPU fp32 also oneDNN's prepacked linear (fastlinear.py),
                    which beats MKL's sgemm by ~2x on AMD EPYC; the fastest is the machine's matmul rate;
-  mem_bandwidth()  median bytes/s of large tensor copies, counting bytes read plus bytes written.
+  mem_bandwidth()  best bytes/s of large tensor copies, counting bytes read plus bytes written.
 
 Work per point (batch B, prompt T tokens), following Kaplan et al. 2020's 2N FLOPs per token and
 gpt-fast's bandwidth accounting of decode (each step streams every weight and the whole cache once):
@@ -22,28 +22,28 @@ gpt-fast's bandwidth accounting of decode (each step streams every weight and th
 """
 from __future__ import annotations
 
-import statistics
-
 import torch
 
 from archbench import fastlinear
 from archbench.trackers import Timer
 
 
-def _median_s(fn, device: torch.device, repeats: int) -> float:
-    """Median seconds of `fn()` over `repeats` synchronised calls after one untimed warm-up call."""
+def _fastest_s(fn, device: torch.device, repeats: int) -> float:
+    """Fastest seconds of `fn()` over `repeats` synchronised calls after one untimed warm-up call. A rate is a
+    ceiling: another process on a shared host only ever slows a call, so a median of a loaded host's calls
+    would understate the machine and overstate every fraction of it (STREAM reports the best run too)."""
     times = []
     for i in range(repeats + 1):
         with Timer(device) as t:
             fn()
         if i:
             times.append(t.result.seconds)
-    return statistics.median(times)
+    return min(times)
 
 
 def matmul_rates(device="cpu", dtype: torch.dtype = torch.float32, n: int | None = None,
                  repeats: int = 5) -> dict[str, float]:
-    """Median FLOP/s of square matmuls (n = 2048 on CPU, 8192 on CUDA) per path: "torch.mm", and
+    """Best FLOP/s of square matmuls (n = 2048 on CPU, 8192 on CUDA) per path: "torch.mm", and
     "onednn-prepacked" where fastlinear applies."""
     device = torch.device(device)
     n = n or (8192 if device.type == "cuda" else 2048)
@@ -53,16 +53,16 @@ def matmul_rates(device="cpu", dtype: torch.dtype = torch.float32, n: int | None
     if fastlinear.available(device, dtype):
         w = fastlinear.onednn_pack(b.t())
         paths["onednn-prepacked"] = lambda: fastlinear.onednn_linear(a, w)
-    return {name: 2 * n**3 / _median_s(fn, device, repeats) for name, fn in paths.items()}
+    return {name: 2 * n**3 / _fastest_s(fn, device, repeats) for name, fn in paths.items()}
 
 
-def mem_bandwidth(device="cpu", nbytes: int | None = None, repeats: int = 5) -> float:
-    """Median bytes/s (read + written) of copying an `nbytes` buffer (128 MiB on CPU, 1 GiB on CUDA)."""
+def mem_bandwidth(device="cpu", nbytes: int | None = None, repeats: int = 10) -> float:
+    """Best bytes/s (read + written) of copying an `nbytes` buffer (128 MiB on CPU, 1 GiB on CUDA)."""
     device = torch.device(device)
     nbytes = nbytes or (2**30 if device.type == "cuda" else 2**27)
     src = torch.ones(nbytes // 4, device=device)
     dst = torch.empty_like(src)
-    return 2 * src.nbytes / _median_s(lambda: dst.copy_(src), device, repeats)
+    return 2 * src.nbytes / _fastest_s(lambda: dst.copy_(src), device, repeats)
 
 
 def shape(model, family: str) -> dict:
