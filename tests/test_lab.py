@@ -2,7 +2,8 @@
 
 - MQAR: every query's key appears exactly once before it and the token after that key is the label; labels
   only at answer positions; disjoint key/value halves; same seed same data;
-- fast mixers (fastpath.py) give transformers' reference logits and gradients (Mamba, Mamba-2, RWKV-4);
+- fast mixers (fastpath.py) give transformers' reference logits and gradients (Mamba, Mamba-2, RWKV-4, the
+  Bamba hybrid's Mamba-2 mixers);
 - training lowers the loss for every architecture; an interrupted and resumed run ends with bit-identical
   weights; 2 processes (torchrun) equal 1 at the same global batch; --params matching lands within 10%;
 - a trained directory loads through archbench.loading.load (tokenizer included, marked trained) and
@@ -104,7 +105,7 @@ def _tiny_recurrent(arch: str):
     return model.train()
 
 
-@pytest.mark.parametrize("arch", ["mamba", "mamba2", "rwkv"])
+@pytest.mark.parametrize("arch", ["mamba", "mamba2", "rwkv", "bamba"])
 def test_fast_mixer_matches_transformers_logits_and_grads(arch):
     model = _tiny_recurrent(arch)
     x = torch.randint(0, 50, (3, 21), generator=torch.Generator().manual_seed(1))
@@ -161,7 +162,7 @@ def test_loss_falls_for_every_architecture(trained, arch):
     assert ("lab-" in result["kernel"]) == (shapes.get(arch).family != "transformer")
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "mamba", "rwkv"])
+@pytest.mark.parametrize("arch", ["gpt2", "mamba", "rwkv", "bamba"])
 def test_trained_directory_loads_and_engine_matches_transformers(trained, corpus, arch):
     from archbench import engine
     try:  # the generation settings' class moved from generation.GenSettings to config.GenConfig

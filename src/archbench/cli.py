@@ -225,7 +225,8 @@ def bench(model: List[str] = typer.Option(..., "--model"),
 
 @app.command()
 def train(out: str = typer.Option(..., "--out", help="run directory; becomes the trained model's directory"),
-          arch: Optional[str] = typer.Option(None, "--arch", help="gpt2, llama, mamba, mamba2, rwkv"),
+          arch: Optional[str] = typer.Option(None, "--arch",
+                                             help="gpt2, llama, mamba, mamba2, rwkv, rwkv7, bamba (hybrid)"),
           data: Optional[str] = typer.Option(None, "--data", help="text (character level) or mqar"),
           text: Optional[str] = typer.Option(None, "--text", help="the text file for --data text"),
           width: Optional[int] = None, depth: Optional[int] = None,

@@ -5,165 +5,425 @@ mostly because autograd records every per-token slice). This module swaps a fast
 into each mixer *instance* (`install(model)`): the module tree, parameter names and `save_pretrained` stay
 exactly transformers', and a call that carries a cache or padding still runs transformers' own forward.
 
-- Mamba (Gu & Dao 2023): the selective scan h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t, y_t = C_t h_t is a
-  custom autograd Function: the forward runs the recurrence over time on (B, d_inner, d_state) slices without
-  recording a graph, the backward runs the adjoint recurrence in reverse (g_t = C_t gy_t + exp(dt_{t+1} A)
-  g_{t+1}) and then every parameter gradient in one vectorised expression (cf. mamba.py's pscan, Sec. 3.3.2).
-- Mamba-2 (Dao & Gu 2024, Sec. 6): the chunked SSD algorithm, all chunks at once (masked "attention" inside
-  a chunk, a short loop over chunks for the carried state), out-of-place so autograd differentiates it.
-- RWKV-4 (Peng et al. 2023): the WKV sum over chunks of Q positions with pairwise exponents, shifted by a
-  detached running maximum (the shift cancels exactly, so it needs no gradient), state carried across chunks.
-The engine's inference scans (families/*.py) follow the same maths under inference_mode; these are separate
-training-safe versions. `kernel(model)` names what trains a model; it is recorded in its archbench.json.
+Mamba (Gu & Dao 2023). `MambaInner` is everything between in_proj and out_proj, with a hand-written backward
+(one autograd node instead of ~40): causal depthwise conv u = conv(x) + b, xc = silu(u); (dt_r, B, C) =
+x_proj(xc); dt = softplus(dt_proj(dt_r)); the selective scan, per channel e and state n,
+    h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t,   y_t = C_t . h_t,
+then out = (y + D xc) silu(z). The scan is time-major, (T, B, N, E): the recurrence is one fused multiply-add
+per step on a contiguous (B, N, E) slice; everything else runs on chunks of SCAN_CHUNK steps (exp(dt A),
+dt B x, and the contractions with C, B, dt x and dy, which are small batched matmuls). The backward runs the
+adjoint g_t = C_t dy_t + exp(dt_{t+1} A) g_{t+1} in reverse and reads off
+    dL/d(dt_t x_t) = B_t . g_t,   dL/dB_t = sum_e g_t dt_t x_t,   dL/dC_t = sum_e h_t dy_t,
+    r_t = g_t exp(dt_t A) h_{t-1} = dL/d(dt_t A):   dL/ddt_t += sum_n A r_t,   dL/dA = sum_{t,b} dt_t r_t.
+The states h (T + 1 of them) are kept for the backward in a pool (memory reused from graph to graph, given
+back when the graph is freed); exp(dt A) is recomputed (cheaper than storing it) and then overwritten by
+A r, so a chunk's backward touches three (Q, B, N, E) tensors (exp(dt A), g, h), all reused scratch but h;
+dL/dA is accumulated as sum dt A r and divided by A (never 0: A = -exp(A_log)) at the end.
+
+Mamba-2 (Dao & Gu 2024, Sec. 6). `Mamba2Inner` is the same idea for Mamba2Mixer (conv, SSD, D skip, gated
+RMSNorm). The decay is one scalar per head, a_t = exp(dt_t A), so inside a chunk of Q positions the SSD is a
+masked "attention": with cum_t = sum_{r<=t} dt_r A,
+    y_t = sum_{s<=t} exp(cum_t - cum_s) (C_t . B_s) dt_s x_s + exp(cum_t) C_t . h_in,
+and the state carried to the next chunk is h_out = exp(cum_Q) h_in + sum_s exp(cum_Q - cum_s) B_s dt_s x_s^T.
+All chunks are batched matmuls; only the carried state loops over chunks (none at T <= SSD_CHUNK). In the
+backward, W = dL/dM * M (M the masked matrix) gives dL/dcum_t = sum_s W[t, s] - sum_s W[s, t], and
+dL/d(dt A) is the reverse cumulative sum of dL/dcum.
+
+RWKV-4 (Peng et al. 2023): the WKV sum over chunks of Q positions with pairwise exponents, shifted by a
+detached running maximum (the shift cancels exactly, so it needs no gradient), state carried across chunks;
+autograd differentiates it. The hybrid's Mamba-2 mixers (Bamba) take Mamba-2's path; RWKV-7's is
+fastpath_rwkv7.py's, registered here.
+
+Arguments of exp below about -87 (and -inf) are exp's slow path on CPU (tens of times slower), so Mamba and
+Mamba-2 keep them at or above EXP_FLOOR = -80, which changes nothing above e^-80 (~2e-35): Mamba-2's masked
+decays always, Mamba's exp(dt A) only when some dt A can fall below it. The engine's inference scans
+(families/*.py) follow the same maths under inference_mode; these are separate training-safe versions.
+`kernel(model)` names what trains a model; it is recorded in its archbench.json.
 """
 from __future__ import annotations
 
 import types
+import weakref
 
 import torch
 import torch.nn.functional as F
 
-SCAN_CHUNK = 16  # Mamba time steps per chunk of the selective scan
-SSD_CHUNK = 16  # Mamba-2 positions per chunk (the maths is the same for any size; 16 is fastest on CPU)
+from archbench.lab import fastpath_rwkv7
+
+SCAN_CHUNK = 4  # Mamba time steps per vectorised chunk of the scan (2 to 8 measured alike on CPU)
+SSD_CHUNK = 64  # Mamba-2 positions per chunk (the maths is the same for any size)
 WKV_CHUNK = 16  # RWKV positions per chunk: memory ~ B * T * WKV_CHUNK * att floats
-KERNELS = {"mamba": "lab-selective-scan (torch, custom autograd)", "mamba2": "lab-ssd-chunked (torch)",
-           "rwkv": "lab-wkv-chunked (torch)"}
-
-
-class SelectiveScan(torch.autograd.Function):
-    """y = selective scan of x. x, dt (B, T, D); A (D, N); b, c (B, T, N) -> y (B, T, D), fp32, no D skip.
-    Works in (T, B, N, D) layout: every per-step slice is contiguous, every broadcast runs along the
-    contiguous channel axis, and the sums over the state axis are small matrix products. Time goes in chunks
-    of SCAN_CHUNK steps so the decays, inputs and adjoints of a chunk stay in cache."""
-
-    @staticmethod
-    def forward(ctx, x, dt, A, b, c):
-        dt_t, x_t, b_t, c_t = (v.transpose(0, 1).contiguous() for v in (dt, x, b, c))  # (T, B, ...)
-        a_t = A.t().contiguous()  # (N, D)
-        dtx = dt_t * x_t
-        t = x_t.shape[0]
-        hs = x.new_empty(t + 1, x_t.shape[1], a_t.shape[0], a_t.shape[1])  # hs[i + 1] = h_i, hs[0] = 0
-        hs[0].zero_()
-        da = torch.empty_like(hs[1:])  # decays exp(dt A), kept for the backward
-        y = x.new_empty(t, x_t.shape[1], 1, x_t.shape[2])
-        for s in range(0, t, SCAN_CHUNK):
-            e = min(s + SCAN_CHUNK, t)
-            torch.mul(dt_t[s:e, :, None], a_t, out=da[s:e]).exp_()
-            dbx = torch.mul(b_t[s:e, :, :, None], dtx[s:e, :, None], out=_work("in", da[s:e]))  # (Q, B, N, D)
-            for i in range(s, e):
-                torch.addcmul(dbx[i - s], da[i], hs[i], out=hs[i + 1])
-            torch.matmul(c_t[s:e, :, None], hs[s + 1:e + 1], out=y[s:e])
-        ctx.save_for_backward(dt_t, x_t, dtx, a_t, b_t, c_t, hs, da)
-        return y[:, :, 0].transpose(0, 1)
-
-    @staticmethod
-    def backward(ctx, gy):
-        dt_t, x_t, dtx, a_t, b_t, c_t, hs, da = ctx.saved_tensors
-        gy_t = gy.transpose(0, 1).contiguous()
-        t = dtx.shape[0]
-        g_dtx, g_dt = dtx.new_empty(t, dtx.shape[1], 1, dtx.shape[2]), torch.empty_like(dtx)
-        g_b, g_c = b_t.new_empty(*b_t.shape, 1), c_t.new_empty(*c_t.shape, 1)
-        g_a, g_next = torch.zeros_like(a_t), None
-        for s in reversed(range(0, t, SCAN_CHUNK)):
-            e = min(s + SCAN_CHUNK, t)
-            g = torch.mul(c_t[s:e, :, :, None], gy_t[s:e, :, None], out=_work("g", da[s:e]))  # dL/dh from y
-            if g_next is not None:
-                g[-1].addcmul_(da[e], g_next)
-            for i in range(e - s - 2, -1, -1):  # the adjoint: g_i += exp(dt_{i+1} A) g_{i+1}
-                g[i].addcmul_(da[s + i + 1], g[i + 1])
-            g_next = _work("carry", g[0]).copy_(g[0])
-            torch.matmul(hs[s + 1:e + 1], gy_t[s:e, :, :, None], out=g_c[s:e])
-            torch.matmul(b_t[s:e, :, None], g, out=g_dtx[s:e])
-            torch.matmul(g, dtx[s:e, :, :, None], out=g_b[s:e])
-            q = torch.mul(da[s:e], hs[s:e], out=_work("q", g)).mul_(g).mul_(a_t)  # A g exp(dt A) h_{i-1}
-            torch.sum(q, 2, out=g_dt[s:e])
-            g_a += q.mul_(dt_t[s:e, :, None]).sum((0, 1))
-        g_dtx = g_dtx[:, :, 0]
-        g_dt += g_dtx * x_t
-        return ((g_dtx * dt_t).transpose(0, 1), g_dt.transpose(0, 1), (g_a / a_t).t(),
-                g_b[..., 0].transpose(0, 1), g_c[..., 0].transpose(0, 1))
-
+EXP_FLOOR = -80.0  # exp's argument floor (see the docstring)
+KERNELS = {"mamba": "lab-selective-scan (torch, custom autograd)",
+           "mamba2": "lab-ssd-chunked (torch, custom autograd)", "rwkv": "lab-wkv-chunked (torch)",
+           **fastpath_rwkv7.KERNELS}
 
 _WORK: dict = {}
+_POOL: dict = {}
 
 
-def _work(name: str, like: torch.Tensor) -> torch.Tensor:
-    """A reused scratch tensor shaped like `like`: fresh large allocations cost page faults on every call."""
-    key = (name, tuple(like.shape), like.dtype, like.device)
+def _key(*parts):
+    """Cache key: inference-mode tensors must not be reused outside inference mode."""
+    return (*parts, torch.is_inference_mode_enabled())
+
+
+def _work(name: str, shape, like: torch.Tensor) -> torch.Tensor:
+    """A reused scratch tensor (a fresh large allocation costs page faults on every call)."""
+    key = _key(name, tuple(shape), like.dtype, like.device)
     if key not in _WORK:
-        _WORK[key] = torch.empty_like(like, memory_format=torch.contiguous_format)
+        _WORK[key] = like.new_empty(shape)
     return _WORK[key]
 
 
-def causal_conv(x, weight, bias):
-    """transformers' depthwise causal conv1d (padding K-1, first T outputs) in (B, T, C) layout, as K shifted
-    products: x (B, T, C), weight (C, 1, K), bias (C,) or None -> (B, T, C). No transposes, and its backward
-    is K products instead of a slow depthwise convolution backward."""
-    k, t = weight.shape[-1], x.shape[1]
-    w = weight[:, 0].t()  # (K, C)
-    xp = F.pad(x, (0, 0, k - 1, 0))
-    y = xp[:, k - 1:] * w[k - 1] if bias is None else torch.addcmul(bias, xp[:, k - 1:], w[k - 1])
-    for j in range(k - 1):
-        y = torch.addcmul(y, xp[:, j:j + t], w[j])
-    return y
+def _take(owner, shape, like: torch.Tensor) -> torch.Tensor:
+    """A tensor for `owner` (an autograd ctx) to keep: from the pool, where it returns when `owner` is freed
+    (after the backward, or with the graph), so retain_graph and double calls stay safe."""
+    free = _POOL.setdefault(_key(tuple(shape), like.dtype, like.device), [])
+    x = free.pop() if free else like.new_empty(shape)
+    weakref.finalize(owner, free.append, x)
+    return x
+
+
+# ---------------------------------------------------------------------------------------------- Mamba
+def _decay(dt_k, a, out, floor):
+    """exp(dt A) for a chunk: dt_k (Q, B, 1, E), a (N, E) -> out (Q, B, N, E)."""
+    torch.mul(dt_k, a, out=out)
+    return (out if floor is None else out.clamp_(min=floor)).exp_()
+
+
+def _scan_forward(ctx, x, dt, a, b, c, floor):
+    """Selective scan from a zero state, time-major. x, dt (T, B, E); a (N, E) = A^T; b, c (T, B, N) (T and B
+    mergeable) -> y (T, B, E), the states hs (T + 1, B, N, E; hs[0] = 0; pooled while ctx lives, or a plain
+    tensor with ctx None), dt x."""
+    t, bsz, e = x.shape
+    n, q, m = a.shape[0], SCAN_CHUNK, SCAN_CHUNK * bsz
+    dtx = dt * x
+    hs = x.new_empty(t + 1, bsz, n, e) if ctx is None else _take(ctx, (t + 1, bsz, n, e), x)
+    hs[0].zero_()
+    y = x.new_empty(t, bsz, e)
+    da = _work("da0", (q, bsz, n, e), x)
+    h, d = hs.unbind(0), da.unbind(0)  # per-step views, made once
+    chunks = zip(dt[:, :, None].split(q), b[..., None].split(q), dtx[:, :, None].split(q), hs[1:].split(q),
+                 c.reshape(-1, 1, n).split(m), hs[1:].view(-1, n, e).split(m), y.view(-1, 1, e).split(m))
+    for k, (dt_k, b_k, dtx_k, hs_k, c_k, hsf_k, y_k) in enumerate(chunks):
+        _decay(dt_k, a, da[:len(dt_k)], floor)
+        torch.mul(b_k, dtx_k, out=hs_k)  # dt B x
+        for i in range(len(dt_k)):
+            h[k * q + i + 1].addcmul_(d[i], h[k * q + i])
+        torch.bmm(c_k, hsf_k, out=y_k)
+    return y, hs, dtx
+
+
+def _scan_backward(gy, x, dt, a, bc, hs, dtx, floor):
+    """The adjoint of _scan_forward for gy (T, B, E), bc = (b, c): (g_x, g_dt, g_a (N, E), g_b, g_c (T, B, N))."""
+    b, c = bc
+    t, bsz, e = x.shape
+    n, q, m = a.shape[0], SCAN_CHUNK, SCAN_CHUNK * bsz
+    g_dtx, g_dt = torch.empty_like(x), torch.empty_like(x)
+    g_b, g_c = x.new_empty(t, bsz, n), x.new_empty(t, bsz, n)
+    shape = (q, bsz, n, e)
+    da, g = _work("da0", shape, x), _work("g0", shape, x)
+    carry = _work("cda", shape[1:], x), _work("cg", shape[1:], x)  # exp(dt A) and g at the next chunk's start
+    g_aa = torch.zeros_like(a)  # A dL/dA
+    chunks = list(zip(c[..., None].split(q), gy[:, :, None].split(q), gy.view(-1, 1, e).split(m),
+                      hs[1:].view(-1, n, e).split(m), g_c.view(-1, 1, n).split(m), b.reshape(-1, 1, n).split(m),
+                      g_dtx.view(-1, 1, e).split(m), dtx.view(-1, 1, e).split(m), g_b.view(-1, 1, n).split(m),
+                      hs[:-1].split(q), dt[:, :, None].split(q), g_dt.split(q)))
+    for j, (c_k, gy_k, gyf_k, hsf_k, gc_k, b_k, gdtx_k, dtx_k, gb_k, hp_k, dt_k, gdt_k) in enumerate(reversed(chunks)):
+        ln = len(c_k)
+        da_k = _decay(dt_k, a, da[:ln], floor)
+        g_k = torch.mul(c_k, gy_k, out=g[:ln])  # dL/dh_i through y_i ...
+        if j:  # ... plus exp(dt_{i+1} A) dL/dh_{i+1}
+            g_k[ln - 1].addcmul_(*carry)
+        for i in range(ln - 2, -1, -1):
+            g_k[i].addcmul_(da_k[i + 1], g_k[i + 1])
+        carry[0].copy_(da_k[0])
+        carry[1].copy_(g_k[0])
+        gf_k = g_k.view(-1, n, e)
+        torch.bmm(gyf_k, hsf_k.transpose(1, 2), out=gc_k)
+        torch.bmm(b_k, gf_k, out=gdtx_k)
+        torch.bmm(dtx_k, gf_k.transpose(1, 2), out=gb_k)
+        rq = da_k.mul_(hp_k).mul_(g_k).mul_(a)  # A dL/d(dt A), in place of exp(dt A)
+        torch.sum(rq, 2, out=gdt_k)
+        g_aa += rq.mul_(dt_k).sum((0, 1))
+    g_dt.addcmul_(g_dtx, x)
+    return g_dtx.mul_(dt), g_dt, g_aa.div_(a), g_b, g_c
+
+
+def _conv(x, w, bias, out):
+    """Causal depthwise conv along dim 0: out[t] = bias + sum_j w[j] x[t - K + 1 + j]; x (T, ..., C), w (K, C)."""
+    k, t = w.shape[0], x.shape[0]
+    if bias is None:
+        torch.mul(x, w[k - 1], out=out)
+    else:
+        torch.addcmul(bias, x, w[k - 1], out=out)
+    for s in range(1, min(k, t)):
+        out[s:].addcmul_(x[:t - s], w[k - 1 - s])
+    return out
+
+
+def _conv_backward(g, x, conv_w, has_bias, out):
+    """The adjoint of _conv for g (T, ..., C): writes dL/dx into out; returns the gradients of the conv's
+    weight (C, 1, K) and bias (or None)."""
+    k, t, x = conv_w.shape[-1], g.shape[0], x.contiguous()  # (the products' sums are 1.5x faster on it)
+    w = conv_w[:, 0].t().contiguous()
+    dims = tuple(range(g.dim() - 1))
+    g_w = torch.stack([(g[s:] * x[:t - s]).sum(dims) if s < t else torch.zeros_like(w[0])
+                       for s in range(k - 1, -1, -1)], 1)
+    torch.mul(g, w[k - 1], out=out)
+    for s in range(1, min(k, t)):
+        out[:t - s].addcmul_(g[s:], w[k - 1 - s])
+    return g_w[:, None], g.sum(dims) if has_bias else None
+
+
+class MambaInner(torch.autograd.Function):
+    """MambaMixer between in_proj and out_proj: xz (B, T, 2E) -> (y + D xc) silu(z) (B, T, E), fp32.
+    weights = conv weight, conv bias (or None), x_proj weight, dt_proj weight and bias, A_log, D, grad: without
+    `grad` (no_grad, inference_mode) the states are a plain tensor, freed with the call."""
+
+    @staticmethod
+    def forward(ctx, xz, *weights):
+        conv_w, conv_b, x_w, dt_w, dt_b, a_log, d_skip, grad = weights
+        bsz, t, e = xz.shape[0], xz.shape[1], xz.shape[2] // 2
+        r, n = dt_w.shape[1], a_log.shape[1]
+        xs, z = xz[..., :e].transpose(0, 1), xz[..., e:].transpose(0, 1)  # (T, B, E) views
+        u = _conv(xs, conv_w[:, 0].t().contiguous(), conv_b, xz.new_empty(t, bsz, e))
+        xc = F.silu(u)
+        dbc = torch.mm(xc.view(t * bsz, e), x_w.t())  # (T B, R + 2N): low-rank dt, B, C
+        draw = torch.addmm(dt_b, dbc[:, :r], dt_w.t()).view(t, bsz, e)
+        dt = F.softplus(draw)
+        a = -torch.exp(a_log)  # (E, N)
+        floor = EXP_FLOOR if float(dt.max()) * float(a.min()) < EXP_FLOOR else None
+        b, c = dbc[:, r:r + n].view(t, bsz, n), dbc[:, r + n:].view(t, bsz, n)
+        y, hs, dtx = _scan_forward(ctx if grad else None, xc, dt, a.t().contiguous(), b, c, floor)
+        yd, sz = y.addcmul_(xc, d_skip), F.silu(z)
+        out = xz.new_empty(bsz, t, e)
+        torch.mul(yd, sz, out=out.transpose(0, 1))
+        ctx.save_for_backward(xz, conv_w, x_w, dt_w, a, d_skip, u, xc, dbc, draw, dt, dtx, hs, yd, sz)
+        ctx.has_conv_bias, ctx.floor = conv_b is not None, floor
+        return out
+
+    @staticmethod
+    def backward(ctx, gout):
+        xz, conv_w, x_w, dt_w, a, d_skip, u, xc, dbc, draw, dt, dtx, hs, yd, sz = ctx.saved_tensors
+        t, bsz, e = xc.shape
+        r, n = dt_w.shape[1], a.shape[1]
+        xs, z, go = xz[..., :e].transpose(0, 1), xz[..., e:].transpose(0, 1), gout.transpose(0, 1)
+        g_xz = torch.empty_like(xz)
+        torch.ops.aten.silu_backward(go * yd, z, grad_input=g_xz[..., e:].transpose(0, 1))
+        gy = torch.mul(go, sz, out=xc.new_empty(t, bsz, e))  # (T, B, E), time-major
+        g_d = (gy * xc).sum((0, 1))
+        b, c = dbc[:, r:r + n].view(t, bsz, n), dbc[:, r + n:].view(t, bsz, n)
+        g_xc, g_dt, g_at, g_b, g_c = _scan_backward(gy, xc, dt, a.t().contiguous(), (b, c), hs, dtx, ctx.floor)
+        g_xc.addcmul_(gy, d_skip)
+        g_draw = torch.ops.aten.softplus_backward(g_dt, draw, 1.0, 20.0).view(t * bsz, e)
+        g_dbc = torch.cat([g_draw @ dt_w, g_b.view(-1, n), g_c.view(-1, n)], 1)
+        g_dt_w, g_dt_b = g_draw.t() @ dbc[:, :r], g_draw.sum(0)
+        g_x_w = g_dbc.t() @ xc.view(-1, e)
+        g_xc.view(-1, e).addmm_(g_dbc, x_w)
+        g_u = torch.ops.aten.silu_backward(g_xc, u)
+        g_w, g_cb = _conv_backward(g_u, xs, conv_w, ctx.has_conv_bias, g_xz[..., :e].transpose(0, 1))
+        return g_xz, g_w, g_cb, g_x_w, g_dt_w, g_dt_b, g_at.t() * a, g_d, None
 
 
 def _mamba_forward(self, hidden_states, cache=None, attention_mask=None, **kwargs):
     """MambaMixer.forward for training: hidden_states (B, T, d) -> (B, T, d)."""
-    if cache is not None or (attention_mask is not None and not bool(attention_mask.all())):
+    if cache is not None or (attention_mask is not None and not bool(attention_mask.all())) or \
+            self.activation != "silu":
         return self._reference_forward(hidden_states, cache=cache, attention_mask=attention_mask, **kwargs)
-    xs, z = self.in_proj(hidden_states).chunk(2, dim=-1)  # (B, T, d_inner) each
-    xc = self.act(causal_conv(xs, self.conv1d.weight, self.conv1d.bias))
-    dt, b, c = torch.split(self.x_proj(xc), [self.time_step_rank, self.ssm_state_size, self.ssm_state_size], dim=-1)
-    dt = F.softplus(self.dt_proj(dt)).float()  # (B, T, d_inner)
-    A = -torch.exp(self.A_log.float())  # (d_inner, N)
-    y = SelectiveScan.apply(xc.float(), dt, A, b.float(), c.float()).to(xc.dtype)
-    return self.out_proj((y + xc * self.D) * F.silu(z))
+    xz = self.in_proj(hidden_states)
+    with torch.autocast(xz.device.type, enabled=False):
+        conv_b = None if self.conv1d.bias is None else self.conv1d.bias.float()
+        y = MambaInner.apply(xz.float(), self.conv1d.weight.float(), conv_b, self.x_proj.weight.float(),
+                             self.dt_proj.weight.float(), self.dt_proj.bias.float(), self.A_log.float(),
+                             self.D.float(), torch.is_grad_enabled())
+    return self.out_proj(y.to(xz.dtype))
 
 
-def ssd(x, dt, A, b, c, chunk: int = SSD_CHUNK):
-    """Chunked SSD from a zero state. x (B, T, H, P), dt (B, T, H), A (H,), b/c (B, T, H, N) -> y (B, T, H, P).
-    Heads go before the chunk's positions, (B, n, H, Q, .), so every product is a plain batched matmul."""
-    bsz, t = x.shape[:2]
-    pad = (-t) % chunk  # dt = 0 on padding: no decay and no input
-    if pad:
-        x, dt, b, c = (F.pad(v, (0,) * (2 * v.dim() - 4) + (0, pad)) for v in (x, dt, b, c))
-    n = x.shape[1] // chunk
-    x, b, c = (v.unflatten(1, (n, chunk)).transpose(2, 3) for v in (x, b, c))  # (B, n, H, Q, .)
-    dt = dt.unflatten(1, (n, chunk)).transpose(2, 3)  # (B, n, H, Q)
-    xdt = x * dt[..., None]
-    acs = torch.cumsum(dt * A[:, None], dim=-1)  # (B, n, H, Q): log decay from the chunk's start
-    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=x.device).tril()
-    seg = (acs[..., :, None] - acs[..., None, :]).masked_fill(~causal, -torch.inf)  # (B, n, H, Ql, Qs)
-    y = torch.matmul(torch.matmul(c, b.transpose(-1, -2)) * torch.exp(seg), xdt)  # within each chunk
-    last = acs[..., -1:]  # (B, n, H, 1)
-    states = torch.matmul((b * torch.exp(last - acs)[..., None]).transpose(-1, -2), xdt)  # (B, n, H, N, P)
-    h, carried = torch.zeros_like(states[:, 0]), []
-    for i in range(n):  # the state entering chunk i, (B, H, N, P)
-        carried.append(h)
-        h = h * torch.exp(last[:, i])[..., None] + states[:, i]
-    y = y + torch.matmul(c, torch.stack(carried, 1)) * torch.exp(acs)[..., None]
-    return y.transpose(2, 3).flatten(1, 2)[:, :t]
+# ---------------------------------------------------------------------------------------------- Mamba-2
+def _chunked(v, q):
+    """Time-major (T, B, K, D) -> chunk-major (B, n, K, Q, D), zero-padded to whole chunks."""
+    t = v.shape[0]
+    n = -(-t // q)
+    if n * q != t:
+        v = F.pad(v, (0, 0, 0, 0, 0, 0, 0, n * q - t))
+    return v.view(n, q, *v.shape[1:]).permute(2, 0, 3, 1, 4).contiguous()
+
+
+def _unchunked(v, t):
+    """The inverse of _chunked: (B, n, K, Q, D) -> (T, B, K, D)."""
+    bsz, n, k, q, d = v.shape
+    return v.permute(1, 3, 0, 2, 4).reshape(n * q, bsz, k, d)[:t].contiguous()
+
+
+def _ssd_forward(u, la, b, c):
+    """SSD on chunk-major tensors. u = dt x (B, n, H, Q, P); la = dt A (B, n, H, Q); b, c (B, n, G, Q, N) ->
+    y (B, n, H, Q, P) and what the backward needs."""
+    bsz, n, h, q, p = u.shape
+    g = b.shape[2]
+    cum = torch.cumsum(la, -1)  # log decay since the chunk's start
+    # (B, n, H, Qt, Qs): exp(cum_t - cum_s) on and below the diagonal, 0 above (no -inf: exp's slow path)
+    decay = (cum[..., :, None] - cum[..., None, :]).clamp_(EXP_FLOOR, 0.0).exp_().mul_(_lower(q, u))
+    cb = torch.matmul(c, b.transpose(-1, -2))  # (B, n, G, Qt, Qs)
+    m = (decay.view(bsz, n, g, h // g, q, q) * cb[:, :, :, None]).view(bsz, n, h, q, q)
+    y = torch.matmul(m, u)
+    hin = None
+    if n > 1:  # the states carried between chunks: hin[:, i] enters chunk i, (B, n, H, N, P)
+        to_end = torch.exp(cum[..., -1:] - cum)  # (B, n, H, Q)
+        bh, ch = _per_head(b, h), _per_head(c, h)
+        local = torch.matmul((bh * to_end[..., None]).transpose(-1, -2), u)
+        hin = torch.empty_like(local)
+        hin[:, 0].zero_()
+        for i in range(1, n):
+            torch.addcmul(local[:, i - 1], hin[:, i - 1], cum[:, i - 1, :, -1:, None].exp(), out=hin[:, i])
+        y += torch.matmul(ch * cum.exp()[..., None], hin)
+    return y, (u, cum, decay, cb, m, hin, b, c)
+
+
+def _ssd_backward(gy, saved):
+    """The adjoint of _ssd_forward: gy (B, n, H, Q, P) -> (g_u, g_la, g_b, g_c) in the same layouts."""
+    u, cum, decay, cb, m, hin, b, c = saved
+    bsz, n, h, q, p = u.shape
+    g = b.shape[2]
+    g_u = torch.matmul(m.transpose(-1, -2), gy)
+    g_m = torch.matmul(gy, u.transpose(-1, -2))  # (B, n, H, Qt, Qs)
+    g_cb = (g_m * decay).view(bsz, n, g, h // g, q, q).sum(3)
+    g_c, g_b = torch.matmul(g_cb, b), torch.matmul(g_cb.transpose(-1, -2), c)
+    w = g_m.mul_(m)  # d loss / d (cum_t - cum_s)
+    g_cum = w.sum(-1) - w.sum(-2)
+    if n > 1:
+        bh, ch = _per_head(b, h), _per_head(c, h)
+        e_cum, to_end = cum.exp(), torch.exp(cum[..., -1:] - cum)
+        end = cum[:, :, :, -1].exp()  # (B, n, H): the decay over a whole chunk
+        g_hin = torch.matmul((ch * e_cum[..., None]).transpose(-1, -2), gy)  # through the output, (B, n, H, N, P)
+        carry = torch.zeros_like(g_hin[:, 0])
+        g_local = torch.zeros_like(g_hin)  # d loss / d (state added by chunk i) = d loss / d hin[:, i + 1]
+        g_end = torch.zeros_like(end)
+        for i in range(n - 1, 0, -1):
+            g_local[:, i - 1] = carry = g_hin[:, i] + carry * end[:, i, :, None, None]  # d loss / d hin[:, i]
+            g_end[:, i - 1] = (hin[:, i - 1] * carry).sum((-1, -2))
+        g_ch = torch.matmul(gy, hin.transpose(-1, -2)) * e_cum[..., None]  # (B, n, H, Q, N)
+        g_cum += (g_ch * ch).sum(-1)
+        g_c += _per_group(g_ch, g)
+        g_bd = torch.matmul(u, g_local.transpose(-1, -2))  # (B, n, H, Q, N) before the decay to the end
+        g_u += torch.matmul(bh * to_end[..., None], g_local)
+        g_bh = g_bd * to_end[..., None]
+        g_b += _per_group(g_bh, g)
+        wb = (g_bh * bh).sum(-1)
+        g_cum -= wb
+        g_cum[..., -1] += wb.sum(-1) + g_end * end
+    g_la = g_cum.flip(-1).cumsum(-1).flip(-1)  # through cum = cumsum(la)
+    return g_u, g_la, g_b, g_c
+
+
+def _per_head(v, h):
+    """(B, n, G, Q, N) -> (B, n, H, Q, N): each group's rows for its H / G heads."""
+    return v.repeat_interleave(h // v.shape[2], dim=2)
+
+
+def _per_group(v, g):
+    """The adjoint of _per_head: sum the heads of each group."""
+    bsz, n, h = v.shape[:3]
+    return v.view(bsz, n, g, h // g, *v.shape[3:]).sum(3)
+
+
+def _lower(q, like):
+    """The (Q, Q) 0/1 mask on and below the diagonal (cached)."""
+    key = _key("lower", (q, q), like.dtype, like.device)
+    if key not in _WORK:
+        _WORK[key] = torch.ones(q, q, dtype=like.dtype, device=like.device).tril_()
+    return _WORK[key]
+
+
+class Mamba2Inner(torch.autograd.Function):
+    """Mamba2Mixer between in_proj and out_proj with a hand-written backward: zxbcdt (B, T, E + conv + H) ->
+    the gated RMSNorm of (SSD + D x) (B, T, E). Time-major inside for the conv and the norm, chunk-major for
+    the SSD. weights = conv weight, conv bias (or None), dt_bias, A_log, D, the norm's weight, and `shape` =
+    (heads, groups, state, norm groups, eps, dt min, dt max, chunk)."""
+
+    @staticmethod
+    def forward(ctx, zxbcdt, *weights):
+        conv_w, conv_b, dt_bias, a_log, d_skip, norm_w, shape = weights
+        heads, groups, state, norm_groups, eps, lo, hi, chunk = shape
+        bsz, t = zxbcdt.shape[:2]
+        cd = conv_w.shape[0]
+        e, gn = zxbcdt.shape[2] - cd - heads, groups * state
+        zt = zxbcdt.transpose(0, 1)  # (T, B, .) views
+        u = _conv(zt[..., e:e + cd], conv_w[:, 0].t().contiguous(), conv_b, zxbcdt.new_empty(t, bsz, cd))
+        xbc = F.silu(u)
+        x = xbc[..., :e].view(t, bsz, heads, -1)
+        dtr = zt[..., e + cd:] + dt_bias
+        sp = F.softplus(dtr)
+        dt = sp.clamp(lo, hi)  # (T, B, H)
+        a = -torch.exp(a_log)
+        ys, saved = _ssd_forward(_chunked(x * dt[..., None], chunk), _chunked((dt * a)[..., None], chunk)[..., 0],
+                                 *(_chunked(xbc[..., i:i + gn].view(t, bsz, groups, state), chunk)
+                                   for i in (e, e + gn)))
+        y = _unchunked(ys, t).addcmul_(x, d_skip[:, None]).view(t, bsz, e)
+        sz = F.silu(zt[..., :e])
+        v = (y * sz).view(t, bsz, norm_groups, -1)
+        rstd = torch.rsqrt(v.pow(2).mean(-1, keepdim=True).add_(eps))
+        vn = v.mul_(rstd).view(t, bsz, e)
+        out = zxbcdt.new_empty(bsz, t, e)
+        torch.mul(vn, norm_w, out=out.transpose(0, 1))
+        clamped = None if lo <= 0 and hi == float("inf") else (sp >= lo) & (sp <= hi)
+        ctx.save_for_backward(zxbcdt, conv_w, a, d_skip, norm_w, u, xbc, dtr, dt, y, sz, vn, rstd, clamped,
+                              *[v for v in saved if v is not None])
+        ctx.shape, ctx.carried, ctx.has_conv_bias = shape, saved[5] is not None, conv_b is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, gout):
+        zxbcdt, conv_w, a, d_skip, norm_w, u, xbc, dtr, dt, y, sz, vn, rstd, clamped, *saved = ctx.saved_tensors
+        heads, groups, state, norm_groups, eps, lo, hi, chunk = ctx.shape
+        if not ctx.carried:
+            saved.insert(5, None)
+        t, bsz, e = y.shape
+        cd, gn = conv_w.shape[0], groups * state
+        zt, go = zxbcdt.transpose(0, 1), gout.transpose(0, 1)
+        g_in = torch.empty_like(zxbcdt)
+        g_tin = g_in.transpose(0, 1)
+        g_norm_w = (go * vn).sum((0, 1))
+        g_vn = (go * norm_w).view(t, bsz, norm_groups, -1)
+        vg = vn.view(t, bsz, norm_groups, -1)
+        g_v = (g_vn - vg * (g_vn * vg).mean(-1, keepdim=True)).mul_(rstd).view(t, bsz, e)
+        torch.ops.aten.silu_backward(g_v * y, zt[..., :e], grad_input=g_tin[..., :e])
+        g_y = (g_v * sz).view(t, bsz, heads, -1)
+        x = xbc[..., :e].view(t, bsz, heads, -1)
+        g_d = (g_y * x).sum((0, 1, 3))
+        g_u, g_la, g_b, g_c = _ssd_backward(_chunked(g_y, chunk), saved)
+        g_u, g_la = _unchunked(g_u, t), _unchunked(g_la[..., None], t)[..., 0]
+        g_xbc = torch.empty_like(xbc)
+        torch.mul(g_u, dt[..., None], out=g_xbc[..., :e].view(t, bsz, heads, -1)).add_(g_y * d_skip[:, None])
+        g_xbc[..., e:e + gn] = _unchunked(g_b, t).view(t, bsz, gn)
+        g_xbc[..., e + gn:] = _unchunked(g_c, t).view(t, bsz, gn)
+        g_dt = (g_u * x).sum(-1).addcmul_(g_la, a)
+        g_a = (g_la * dt).sum((0, 1))
+        if clamped is not None:
+            g_dt.mul_(clamped)
+        g_dtr = torch.ops.aten.softplus_backward(g_dt, dtr, 1.0, 20.0)
+        g_tin[..., e + cd:] = g_dtr
+        g_w, g_cb = _conv_backward(torch.ops.aten.silu_backward(g_xbc, u), zt[..., e:e + cd], conv_w,
+                                   ctx.has_conv_bias, g_tin[..., e:e + cd])
+        return g_in, g_w, g_cb, g_dtr.sum((0, 1)), g_a * a, g_d, g_norm_w, None
 
 
 def _mamba2_forward(self, hidden_states, cache=None, attention_mask=None, **kwargs):
     """Mamba2Mixer.forward for training: hidden_states (B, T, d) -> (B, T, d)."""
-    if cache is not None or (attention_mask is not None and not bool(attention_mask.all())):
+    if cache is not None or (attention_mask is not None and not bool(attention_mask.all())) or \
+            self.activation != "silu":
         return self._reference_forward(hidden_states, cache=cache, attention_mask=attention_mask, **kwargs)
-    z, xbc, dt = torch.split(self.in_proj(hidden_states), [self.intermediate_size, self.conv_dim, self.num_heads],
-                             dim=-1)
-    xbc = self.act(causal_conv(xbc, self.conv1d.weight, self.conv1d.bias))  # (B, T, conv_dim)
-    gn = self.n_groups * self.ssm_state_size
-    xs, b, c = torch.split(xbc, [self.intermediate_size, gn, gn], dim=-1)
-    rep = self.num_heads // self.n_groups
-    b, c = (v.unflatten(-1, (self.n_groups, -1)).repeat_interleave(rep, dim=-2).float() for v in (b, c))
-    dt = F.softplus(dt + self.dt_bias).clamp(*self.time_step_limit).float()  # (B, T, H)
-    xs = xs.unflatten(-1, (self.num_heads, self.head_dim))  # (B, T, H, P)
-    y = ssd(xs.float(), dt, -torch.exp(self.A_log.float()), b, c).to(xs.dtype)
-    y = (y + xs * self.D[:, None]).flatten(-2)  # (B, T, d_inner)
-    return self.out_proj(self.norm(y, z))
+    zxbcdt = self.in_proj(hidden_states)
+    shape = (self.num_heads, self.n_groups, self.ssm_state_size, self.intermediate_size // self.norm.group_size,
+             self.norm.variance_epsilon, *map(float, self.time_step_limit), SSD_CHUNK)
+    with torch.autocast(zxbcdt.device.type, enabled=False):
+        conv_b = None if self.conv1d.bias is None else self.conv1d.bias.float()
+        y = Mamba2Inner.apply(zxbcdt.float(), self.conv1d.weight.float(), conv_b, self.dt_bias.float(),
+                              self.A_log.float(), self.D.float(), self.norm.weight.float(), shape)
+    return self.out_proj(y.to(zxbcdt.dtype))
 
 
+# ---------------------------------------------------------------------------------------------- RWKV-4
 def wkv(w, u, k, v, chunk: int = WKV_CHUNK):
     """RWKV-4 WKV from an empty state. w (decay, < 0), u (A,); k, v (B, T, A) fp32 -> (B, T, A).
     Channels go before time, (B, A, Q, Q), so the sums over a chunk's positions are batched matmuls, and the
@@ -203,7 +463,8 @@ def _rwkv_forward(self, hidden, state=None, use_cache=False):
 
 
 _FORWARDS = {"MambaMixer": ("mamba", _mamba_forward), "Mamba2Mixer": ("mamba2", _mamba2_forward),
-             "RwkvSelfAttention": ("rwkv", _rwkv_forward)}
+             "BambaMixer": ("mamba2", _mamba2_forward),  # the hybrid's mixer: Mamba-2's layout and names
+             "RwkvSelfAttention": ("rwkv", _rwkv_forward), **fastpath_rwkv7.FORWARDS}
 
 
 def install(model) -> str:

@@ -6,9 +6,11 @@ number of blocks, the vocabulary and the longest sequence and returns a transfor
 a Mamba or Mamba-2 block (one mixer, no MLP) has about half a Transformer block's parameters, so those
 models get twice the blocks (Gu & Dao 2023, Sec. 4: "2 Mamba blocks ~ 1 Transformer block").
 
-Adding an architecture (RWKV-7, a hybrid) is one entry in ARCHS: `"rwkv7": Arch("rwkv7", build_rwkv7, 1)`,
-where build_rwkv7(width, depth, vocab, context) returns that model's config (any class transformers'
-AutoModelForCausalLM.from_config accepts, e.g. one registered by archbench.models.rwkv7).
+The hybrid (Bamba: Mamba-2 mixers, attention in one block of four, an MLP in every block) counts one block
+per Transformer block. Adding an architecture is one entry in ARCHS: `"name": Arch(family, build_name, 1)`, where
+build_name(width, depth, vocab, context) returns that model's config (any class transformers'
+AutoModelForCausalLM.from_config accepts, e.g. one registered by archbench.models). An architecture whose
+config init is not its training init names its own in `Arch.init` (RWKV-7: lab/init_rwkv7.py, BlinkDL's).
 
 `match(arch, params, depth)` picks the width (a multiple of the arch's width_step: 32 where heads of 32
 must divide it, 16 otherwise) whose
@@ -21,6 +23,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+
+from archbench.lab.init_rwkv7 import init_rwkv7
 
 HEAD_DIM = 32  # attention head width and Mamba-2 head width: heads = width / 32 (nanoGPT's baby GPT: 128 / 4)
 TOLERANCE = 0.10  # --params: non-embedding parameters within 10%
@@ -69,12 +73,42 @@ def build_rwkv(width: int, depth: int, vocab: int, context: int):
                       eos_token_id=None)
 
 
+def build_rwkv7(width: int, depth: int, vocab: int, context: int):
+    """RWKV-7 with heads of 32 (BlinkDL's default 64 would leave a baby-GPT width of 128 two heads) and
+    BlinkDL's suggested LoRA ranks (RWKV-v7/train_temp: max(32, 32 round(f sqrt(C) / 32)), f = 2.5 for the
+    decay and a, 1.7 for the value residual, 5 for the gate); channel mixing 4 x width, as there."""
+    from archbench.models import Rwkv7Config  # the package import registers rwkv7 with the Auto classes
+
+    def rank(f: float) -> int:
+        return max(32, 32 * round(f * width ** 0.5 / 32))
+
+    return Rwkv7Config(vocab_size=vocab, hidden_size=width, num_hidden_layers=depth, head_dim=HEAD_DIM,
+                       hidden_ratio=4, decay_low_rank_dim=rank(2.5), a_low_rank_dim=rank(2.5),
+                       v_low_rank_dim=rank(1.7), gate_low_rank_dim=rank(5), bos_token_id=None, eos_token_id=None,
+                       pad_token_id=None)
+
+
+def build_bamba(width: int, depth: int, vocab: int, context: int):
+    """A Bamba hybrid (transformers' BambaConfig: each block is a mixer and a SwiGLU MLP): Mamba-2 mixers with
+    attention (RoPE) in every fourth block, the second of each group of four (block 0 alone when depth is 1)."""
+    from transformers import BambaConfig
+
+    attention = [i for i in range(depth) if i % 4 == 1] or [0]
+    return BambaConfig(vocab_size=vocab, hidden_size=width, intermediate_size=32 * round(8 * width / 3 / 32),
+                       num_hidden_layers=depth, num_attention_heads=width // HEAD_DIM,
+                       num_key_value_heads=width // HEAD_DIM, attn_layer_indices=attention,
+                       mamba_n_heads=2 * width // HEAD_DIM, mamba_d_head=HEAD_DIM, mamba_n_groups=1, mamba_d_state=16,
+                       mamba_d_conv=4, mamba_expand=2, mamba_chunk_size=64, max_position_embeddings=context,
+                       tie_word_embeddings=True, pad_token_id=None, bos_token_id=None, eos_token_id=None)
+
+
 @dataclass(frozen=True)
 class Arch:
     family: str  # archbench family (families/__init__.py) the trained model belongs to
     build: Callable  # (width, depth, vocab, context) -> transformers config
     depth_factor: int  # blocks per Transformer block at equal size
     width_step: int = HEAD_DIM  # widths tried by match(): attention needs whole heads of 32
+    init: Callable | None = None  # (model) -> None: the training init, applied after the config's random init
 
 
 ARCHS: dict[str, Arch] = {
@@ -83,6 +117,8 @@ ARCHS: dict[str, Arch] = {
     "mamba": Arch("mamba", build_mamba, 2, 16),
     "mamba2": Arch("mamba2", build_mamba2, 2, 16),  # 2 x width / 32 heads of 32
     "rwkv": Arch("rwkv", build_rwkv, 1, 16),
+    "rwkv7": Arch("rwkv7", build_rwkv7, 1, HEAD_DIM, init_rwkv7),
+    "bamba": Arch("hybrid", build_bamba, 1),  # Mamba-2 + attention blocks
 }
 
 

@@ -39,7 +39,7 @@ DEFAULT_TEXT = "../shared/data/text/tinyshakespeare.txt"
 @dataclass(frozen=True)
 class TrainConfig:
     out: str  # the run directory (becomes the model directory)
-    arch: str = "gpt2"  # shapes.ARCHS: gpt2, llama, mamba, mamba2, rwkv
+    arch: str = "gpt2"  # shapes.ARCHS: gpt2, llama, mamba, mamba2, rwkv, rwkv7, bamba (hybrid)
     data: str = "text"  # "text" (character level) or "mqar"
     text: str = DEFAULT_TEXT  # the text file for data="text"
     width: int = 128  # model width (d_model); ignored when params is set
@@ -147,6 +147,8 @@ def build_model(cfg: TrainConfig, data: Data):
     config.pad_token_id = config.eos_token_id = data.tokenizer.eos_token_id
     torch.manual_seed(cfg.seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if shapes.get(cfg.arch).init:  # the architecture's own training init (shapes.Arch.init)
+        shapes.get(cfg.arch).init(model)
     shape = {"width": width, "blocks": depth * shapes.get(cfg.arch).depth_factor,
              "non_embedding_params": shapes.non_embedding_params(config),
              "params": sum(p.numel() for p in model.parameters())}
