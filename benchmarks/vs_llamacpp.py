@@ -14,9 +14,10 @@ roofline floor of the work (roofline.py, engine_vs_hf.roof: the prefill FLOPs at
 the decode bytes at the measured copy bandwidth) with each engine's phases as multiples of it (llama.cpp's
 prefill = time to its first streamed token).
 
-llama-cpp-python is an optional benchmark extra, never an archbench dependency; there is no prebuilt wheel for
-CPU Linux on PyPI, so `pip install llama-cpp-python` compiles llama.cpp (~13 CPU-minutes). Without it the
-script says so in one line and exits, unless --engine-only (archbench, the GGUF conversion and the floor only).
+llama-cpp-python is an optional benchmark extra (`pip install -e '.[bench]'`), never an archbench dependency;
+there is no prebuilt wheel for CPU Linux on PyPI, so installing it compiles llama.cpp (~13 CPU-minutes on an idle
+2-core host). Without it the script says so in one line and exits, unless --engine-only (archbench, the GGUF
+conversion and the floor only).
 
     PYTHONPATH=src python benchmarks/vs_llamacpp.py --n 50 --repeats 2
 """
