@@ -27,6 +27,7 @@ import torch
 from archbench.lab.init_rwkv7 import init_rwkv7
 
 HEAD_DIM = 32  # attention head width and Mamba-2 head width: heads = width / 32 (nanoGPT's baby GPT: 128 / 4)
+ROPE_WINDOW = 4096  # the window a RoPE model declares (no parameters): `bench` may time it past its training length
 TOLERANCE = 0.10  # --params: non-embedding parameters within 10%
 
 
@@ -43,7 +44,7 @@ def build_llama(width: int, depth: int, vocab: int, context: int):
     inter = 32 * round(8 * width / 3 / 32)  # SwiGLU width 8/3 d: the same 12 d^2 per block as GPT-2
     return LlamaConfig(vocab_size=vocab, hidden_size=width, intermediate_size=inter, num_hidden_layers=depth,
                        num_attention_heads=width // HEAD_DIM, num_key_value_heads=width // HEAD_DIM,
-                       max_position_embeddings=context, tie_word_embeddings=True, bos_token_id=None,
+                       max_position_embeddings=max(context, ROPE_WINDOW), tie_word_embeddings=True, bos_token_id=None,
                        eos_token_id=None, pad_token_id=None)
 
 
@@ -98,7 +99,8 @@ def build_bamba(width: int, depth: int, vocab: int, context: int):
                        num_hidden_layers=depth, num_attention_heads=width // HEAD_DIM,
                        num_key_value_heads=width // HEAD_DIM, attn_layer_indices=attention,
                        mamba_n_heads=2 * width // HEAD_DIM, mamba_d_head=HEAD_DIM, mamba_n_groups=1, mamba_d_state=16,
-                       mamba_d_conv=4, mamba_expand=2, mamba_chunk_size=64, max_position_embeddings=context,
+                       mamba_d_conv=4, mamba_expand=2, mamba_chunk_size=64,
+                       max_position_embeddings=max(context, ROPE_WINDOW),
                        tie_word_embeddings=True, pad_token_id=None, bos_token_id=None, eos_token_id=None)
 
 
