@@ -242,7 +242,9 @@ def lab_table(res: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in res["lab"]:
         num = lambda key, spec, r=r: "-" if r.get(key) is None else format(r[key], spec)  # noqa: E731
-        rows.append([r["name"], r["arch"], r["family"], str(r.get("shape", "-")), str(r["steps"]), str(r["tokens"]),
+        shp = r.get("shape") or {}
+        shape = f"{shp['blocks']}x{shp['width']} ({shp['non_embedding_params']:,} non-emb.)" if "blocks" in shp else "-"
+        rows.append([r["name"], r["arch"], r["family"], shape, str(r["steps"]), str(r["tokens"]),
                      num("val_loss", ".3f"), num("val_bpc", ".3f"), num("mqar_mean_accuracy", ".3f"),
                      num("tok_s", ".0f"), num("wall_s", ".0f"), str(r.get("kernel", "-"))])
     return header, rows
