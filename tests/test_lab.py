@@ -92,17 +92,10 @@ def test_mqar_is_seeded_and_checks_its_arguments():
 
 # ---------------------------------------------------------------------------------------------- fast path
 def _tiny_recurrent(arch: str):
-    from transformers import AutoModelForCausalLM
+    from test_fastpath import _tiny  # the same tiny perturbed model test_fastpath checks its Functions on
 
-    cfg = shapes.build(arch, 32, 2, 50, 64)
-    if arch == "mamba2":
-        cfg.chunk_size = 8  # several chunks and a padded last one at T = 21
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg)
-    with torch.no_grad():  # move away from the symmetric init so every path matters
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.train()
+    # Mamba-2: several chunks and a padded last one at T = 21
+    return _tiny(arch, 32, 2, **({"chunk_size": 8} if arch == "mamba2" else {}))
 
 
 @pytest.mark.parametrize("arch", ["mamba", "mamba2", "rwkv", "bamba"])

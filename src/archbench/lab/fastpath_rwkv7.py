@@ -19,9 +19,7 @@ the model's; a one-token call takes the model's one-step recurrence.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from archbench.models.rwkv7 import DECAY_SCALE, shift
 from archbench.models.wkv7 import wkv7_step
 
 CHUNK = 32  # positions per chunk: 1/G stays below e^{0.61 x 32} (fp32-safe, as in wkv7.py)
@@ -125,29 +123,8 @@ def _eye(size: int, device) -> torch.Tensor:
 
 
 def forward(self, x, prev, wkv_state, v_first):
-    """Rwkv7Attention.forward (models/rwkv7.py) with wkv7_train: x (B, T, C) normalised, prev (B, C), wkv_state
-    (B, H, N, N) fp32, v_first (B, T, C) or None at layer 0. Returns (out (B, T, C), wkv_state, v_first)."""
-    bsz, t, c = x.shape
-    xx = shift(x, prev) - x
-    xr, xw, xk, xv, xa, xg = (torch.addcmul(x, xx, m) for m in (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a,
-                                                                  self.x_g))
-    r, k, v = self.r_proj(xr), self.k_proj(xk), self.v_proj(xv)
-    logw = -DECAY_SCALE * torch.sigmoid(self.w_lora(xw).float())
-    a = torch.sigmoid(self.a_lora(xa))
-    g = self.g_lora(xg)
-    heads = (bsz, t, self.heads, -1)
-    kk = F.normalize((k * self.k_k).view(heads), dim=-1)
-    k = k * (1 + (a - 1) * self.k_a)
-    if self.layer == 0:
-        v_first = v
-    else:
-        v = torch.lerp(v, v_first, torch.sigmoid(self.v_lora(xv)))
-    o, wkv_state = wkv7_train(r.view(heads), logw.view(heads), k.view(heads), v.view(heads), -kk,
-                              kk * a.view(heads), wkv_state)
-    o = F.group_norm(o.reshape(bsz * t, c).to(x.dtype), self.heads, self.g_norm.weight, self.g_norm.bias,
-                     self.eps).view(bsz, t, c)
-    bonus = (r * k * self.r_k.flatten()).view(heads).sum(-1, keepdim=True) * v.view(heads)
-    return self.o_proj((o + bonus.reshape(bsz, t, c)) * g), wkv_state, v_first
+    """Rwkv7Attention.forward (models/rwkv7.py) with wkv7_train as its state update."""
+    return type(self).forward(self, x, prev, wkv_state, v_first, wkv=wkv7_train)
 
 
 FORWARDS = {"Rwkv7Attention": ("rwkv7", forward)}

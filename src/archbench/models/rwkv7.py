@@ -113,9 +113,10 @@ class Rwkv7Attention(nn.Module):
         self.g_lora = LoRA(c, cfg.gate_low_rank_dim, nn.Sigmoid(), bias=False)
         self.g_norm = nn.GroupNorm(cfg.num_heads, c, eps=self.eps)
 
-    def forward(self, x, prev, wkv_state, v_first):
+    def forward(self, x, prev, wkv_state, v_first, wkv=wkv7):
         """x (B, T, C) normalised; prev (B, C) the token before x; wkv_state (B, H, N, N) fp32; v_first
-        (B, T, C) from layer 0 (None there). Returns (out (B, T, C), wkv_state, v_first)."""
+        (B, T, C) from layer 0 (None there); `wkv` the state update (wkv7.wkv7's contract; the lab trains
+        with its own backward). Returns (out (B, T, C), wkv_state, v_first)."""
         bsz, t, c = x.shape
         xx = shift(x, prev) - x  # token shift
         xr, xw, xk, xv, xa, xg = (torch.addcmul(x, xx, m) for m in (self.x_r, self.x_w, self.x_k, self.x_v,
@@ -131,8 +132,8 @@ class Rwkv7Attention(nn.Module):
             v_first = v
         else:
             v = torch.lerp(v, v_first, torch.sigmoid(self.v_lora(xv)))
-        o, wkv_state = wkv7(r.view(heads), logw.view(heads), k.view(heads), v.view(heads), -kk,
-                            kk * a.view(heads), wkv_state)  # o (B, T, H, N) fp32
+        o, wkv_state = wkv(r.view(heads), logw.view(heads), k.view(heads), v.view(heads), -kk,
+                           kk * a.view(heads), wkv_state)  # o (B, T, H, N) fp32
         o = F.group_norm(o.reshape(bsz * t, c).to(x.dtype), self.heads, self.g_norm.weight, self.g_norm.bias,
                          self.eps).view(bsz, t, c)
         bonus = (r * k * self.r_k.flatten()).view(heads).sum(-1, keepdim=True) * v.view(heads)  # (B, T, H, N)
