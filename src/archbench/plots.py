@@ -91,6 +91,11 @@ def _bench_panel(ax, points: list[dict], key: str, ylabel: str) -> None:
         ax.legend(fontsize=6, loc="best")
 
 
+def _measured(bench: list[dict]) -> list[dict]:
+    """Bench points that ran (not skipped or out of memory) at a context length."""
+    return [p for p in bench if p.get("status", "ok") == "ok" and p.get("context")]
+
+
 def _recall_panel(ax, points: list[dict]) -> None:
     """Mean score per model against the context size, shaded from the lowest to the highest depth / trial."""
     lines: dict[tuple, dict[float, list[float]]] = {}
@@ -114,7 +119,7 @@ def _recall_panel(ax, points: list[dict]) -> None:
 def recall_beside_cost(recall: list[dict], bench: list[dict]) -> bytes | None:
     """Side by side for the same models: recall vs context (one panel per task) and decode latency vs context."""
     tasks = list(dict.fromkeys(p["task"] for p in recall))
-    bench = [p for p in bench if p.get("status", "ok") == "ok" and p.get("context")]
+    bench = _measured(bench)
     if not tasks:
         return None
     fig = Figure(figsize=(4.5 * (len(tasks) + bool(bench)), 3.8))
@@ -155,7 +160,7 @@ def _mean(values: list[float]) -> float:
 
 def bench_vs_context(points: list[dict]) -> bytes | None:
     """Decode latency per token and peak memory against context length, one line per model and batch."""
-    points = [p for p in points if p.get("status", "ok") == "ok" and p.get("context")]
+    points = _measured(points)
     if not points:
         return None
     fig = Figure(figsize=(9, 3.8))
@@ -207,7 +212,7 @@ def mqar_frontier(points: list[dict], bench: list[dict]) -> bytes | None:
     (Zoology's recall-memory frontier), beside decode latency vs context of benchmarked models."""
     if not points:
         return None
-    bench = [p for p in bench if p.get("status", "ok") == "ok" and p.get("context")]
+    bench = _measured(bench)
     fig = Figure(figsize=(4.5 * (2 + bool(bench)), 3.8))
     ax = fig.add_subplot(1, 2 + bool(bench), 1)
     lines: dict[tuple, list[dict]] = {}
