@@ -44,7 +44,7 @@ def _derived(cls, names: tuple[str, ...]) -> dict:
 TOP = {"name": (_STR, REQ), "description": (_STR, ""), "out": (_STR, REQ),
        **_derived(RuntimeConfig, ("device", "dtype", "engine", "trust_remote_code")), "seed": (_INT, 1234),
        "data": ((dict,), {}),
-       "models": ((list,), REQ), "ask": ((list,), []), "evals": ((list,), []), "finetune": ((list,), []),
+       "models": ((list,), []), "ask": ((list,), []), "evals": ((list,), []), "finetune": ((list,), []),
        "bench": ((list,), []), "train": ((list,), []), "report": ((dict,), {})}
 DATA = {"eval": (_STR, None), "gold": (_STR, None), "shots_from": (_STR, None), "train": (_STR, None)}
 MODEL = {"model": (_STR, REQ), "label": (_STR, None), "family": (_STR, REQ)}
@@ -178,8 +178,8 @@ def _list_of(value, types, where: str, fail, minimum=None):
 def _validate(spec: dict, fail) -> None:
     if not _NAME.match(spec["name"]):
         fail("name", f"use letters, digits, '-', '_' or '.', got {spec['name']!r}")
-    if not spec["models"]:
-        fail("models", "a study needs at least one model")
+    if not spec["models"] and not spec["train"]:
+        fail("models", "a study needs at least one model (or a train run)")
     seen: set[str] = set()
     for i, m in enumerate(spec["models"]):
         if m["family"] not in families.names():
