@@ -270,11 +270,19 @@ def test_rows_finishing_at_eos_match_transformers_greedy(name, monkeypatch):
         assert top2[0] - top2[1] <= NEAR_TIE, f"{name} row {i}: step {k} differs from transformers (EOS {eos})"
 
 
-def test_fused_llama_decode_step_matches_the_module_forward(monkeypatch):
+@pytest.mark.parametrize("bias", [False, True])
+def test_fused_llama_decode_step_matches_the_module_forward(monkeypatch, bias):
     """The Llama decode step on fused weights (one q/k/v and one gate/up product per layer) gives the logits of
     the module-by-module forward (taken when accelerate placed the model), step after step, and its fused
     weights are rebuilt when a weight changes in place."""
     lm = load("tiny-llama", device=DEVICE)
+    if bias:  # q/k/v/o and MLP biases: the q bias is scaled with the q rows, a bias keeps the residual add apart
+        lm.model.config.attention_bias = lm.model.config.mlp_bias = True
+        lm.model = type(lm.model)(lm.model.config).to(DEVICE).eval()
+    with torch.no_grad():  # norm weights and biases away from their init (ones, zeros): the folds are checked
+        for name, p in lm.model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.copy_(torch.rand(p.shape, generator=torch.Generator().manual_seed(len(name))) + 0.5)
     fam = families.get("transformer")
     ids = [list(range(100, 120)), list(range(300, 313))]
     logits = {}

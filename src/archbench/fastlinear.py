@@ -214,6 +214,15 @@ class Weight:
             return onednn_linear(x, self._packed, self.bias)
         return F.linear(x, self.weight, self.bias)
 
+    def add_to(self, x: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
+        """x + self(inp) for 2-D x and inp; on F.linear's path one addmm (a residual added inside the
+        product)."""
+        rows = inp.shape[0]
+        if self.bias is None and not (rows * self.weight.numel() >= MIN_MACS
+                                      and uses_onednn(self.weight.device, self.weight.dtype, rows)):
+            return torch.addmm(x, inp, self.weight.t())
+        return x + self(inp)
+
 
 def _weight(module) -> torch.Tensor:
     """(out, in) weight: GPT-2's Conv1D stores (in, out)."""
