@@ -317,6 +317,8 @@ class _DecodeLayer:
 def _fused(*mods, scale=None, fold=None) -> fastlinear.Weight:
     """The weights of `mods` (nn.Linear) stacked as one product; `scale` multiplies the first module's rows
     (and bias), `fold` (in,) the columns of all."""
+    if len(mods) == 1 and scale is None and fold is None:
+        return fastlinear.Weight(mods[0].weight, mods[0].bias)  # the module's own weight, no copy
     ws = [m.weight.detach() for m in mods]
     biases = [m.bias if m.bias is not None else m.weight.new_zeros(m.weight.shape[0]) for m in mods]
     if scale is not None:

@@ -129,14 +129,15 @@ def _scan_backward(gy, x, dt, a, bc, hs, dtx, floor):
                       hs[1:].view(-1, n, e).split(m), g_c.view(-1, 1, n).split(m), b.reshape(-1, 1, n).split(m),
                       g_dtx.view(-1, 1, e).split(m), dtx.view(-1, 1, e).split(m), g_b.view(-1, 1, n).split(m),
                       hs[:-1].split(q), dt[:, :, None].split(q), g_dt.split(q)))
+    gr, dr = g.unbind(0), da.unbind(0)  # per-step views, made once
     for j, (c_k, gy_k, gyf_k, hsf_k, gc_k, b_k, gdtx_k, dtx_k, gb_k, hp_k, dt_k, gdt_k) in enumerate(reversed(chunks)):
         ln = len(c_k)
         da_k = _decay(dt_k, a, da[:ln], floor)
         g_k = torch.mul(c_k, gy_k, out=g[:ln])  # dL/dh_i through y_i ...
         if j:  # ... plus exp(dt_{i+1} A) dL/dh_{i+1}
-            g_k[ln - 1].addcmul_(*carry)
+            gr[ln - 1].addcmul_(*carry)
         for i in range(ln - 2, -1, -1):
-            g_k[i].addcmul_(da_k[i + 1], g_k[i + 1])
+            gr[i].addcmul_(dr[i + 1], gr[i + 1])
         carry[0].copy_(da_k[0])
         carry[1].copy_(g_k[0])
         gf_k = g_k.view(-1, n, e)
