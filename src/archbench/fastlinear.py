@@ -215,12 +215,12 @@ class Weight:
         return F.linear(x, self.weight, self.bias)
 
     def add_to(self, x: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
-        """x + self(inp) for 2-D x and inp; on F.linear's path one addmm (a residual added inside the
-        product)."""
-        rows = inp.shape[0]
+        """x + self(inp) (x (..., out), inp (..., in)); on F.linear's path one addmm (the residual added inside
+        the product)."""
+        rows = inp.numel() // inp.shape[-1]
         if self.bias is None and not (rows * self.weight.numel() >= MIN_MACS
                                       and uses_onednn(self.weight.device, self.weight.dtype, rows)):
-            return torch.addmm(x, inp, self.weight.t())
+            return torch.addmm(x.reshape(rows, -1), inp.reshape(rows, -1), self.weight.t()).view(x.shape)
         return x + self(inp)
 
 

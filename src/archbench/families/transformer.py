@@ -8,24 +8,23 @@ attention mask, explicit position ids, a `DynamicCache` whose layers write into 
 (`Preallocated`: no per-step concatenation of the whole cache), and `logits_to_keep=1` so that the
 vocabulary projection runs on the last position only.
 
-Decode of GPT-2 and Llama-style models (`_LEAN`) calls the model's submodules directly (`_gpt2_forward`,
-`_llama_forward`: no mask building, no cache bookkeeping per layer) and, after a shared prefix, uses
-cascade attention (as in Hydragen, Juravsky et al. 2024): the prefix keys/values stay batch-1 and each row
-keeps only its own suffix in the cache. The prefix scores of every row's queries of a key head come from
-one product (the prefix is read once for the batch) and one softmax covers them and the row's own
-columns; KV reads per decode step drop from B * (P + S) to P + B * S columns. On CPU fp32 every prefill
-of these models runs through the same forward with the rows packed back to back (varlen, as in
-FlashAttention-2's variable-length API): the linear layers see only real tokens (no padding), each row's
-own causal attention is one call of PyTorch's fused CPU flash kernel, which skips the masked half and
-returns the log-sum-exp; after a shared prefix, the prefix part runs as oneDNN products with the prefix
-keys/values packed once like weights (fastlinear.py), in blocks of CHUNK queries, merged with the own
-part by log-sum-exp. The keys/values are then written to the cache left-padded, as decode reads them.
-Outputs equal attention over the concatenated cache. GPT-2's tanh GELU runs as one fused op
-(`F.gelu(approximate="tanh")`, the same function as transformers' "gelu_new" in fewer passes).
-Elsewhere, and for other model types, a prefill goes through transformers' forward: each batch starts
-from a copy of the prefix keys/values, shifted right per row so that every row stays purely left-padded
-(sliding windows and learned positions see exactly what a batch-1 run sees); for cascade decode the cache
-is then cut to the suffix columns.
+Decode of GPT-2 and Llama-style models (`_LEAN`) calls the model's submodules directly (`_gpt2_forward`;
+`_llama_forward` on fused weights, `_DecodeLayer`: no mask building, no cache bookkeeping per layer) and,
+after a shared prefix, uses cascade attention (as in Hydragen, Juravsky et al. 2024): the prefix keys/values
+stay batch-1 and each row keeps only its own suffix in the cache. The prefix scores of every row's queries of
+a key head come from one product (the prefix is read once for the batch) and one softmax covers them and the
+row's own columns; KV reads per decode step drop from B * (P + S) to P + B * S columns. On CPU fp32 every
+prefill of these models runs through the same forward with the rows packed back to back (varlen, as in
+FlashAttention-2's variable-length API): the linear layers see only real tokens (no padding), each row's own
+causal attention is one call of PyTorch's fused CPU flash kernel, which skips the masked half and returns the
+log-sum-exp; after a shared prefix, the prefix part runs as oneDNN products with the prefix keys/values packed
+once like weights (fastlinear.py), in blocks of CHUNK queries, merged with the own part by log-sum-exp. The
+keys/values are then written to the cache left-padded, as decode reads them. Outputs equal attention over the
+concatenated cache. GPT-2's tanh GELU runs as one fused op (`F.gelu(approximate="tanh")`, the same function as
+transformers' "gelu_new" in fewer passes). Elsewhere, and for other model types, a prefill goes through
+transformers' forward: each batch starts from a copy of the prefix keys/values, shifted right per row so that
+every row stays purely left-padded (sliding windows and learned positions see exactly what a batch-1 run
+sees); for cascade decode the cache is then cut to the suffix columns.
 """
 from __future__ import annotations
 
@@ -277,7 +276,8 @@ def _gpt2_forward(model, ids, pos, state, lens=None) -> torch.Tensor:
     return model.lm_head(tr.ln_f(_last(x, lens)))
 
 
-def _llama_forward(model, ids, pos, state, lens=None) -> torch.Tensor:
+def _llama_modules(model, ids, pos, state, lens=None) -> torch.Tensor:
+    """`_llama_forward` module by module (a model that accelerate placed: its hooks move inputs per module)."""
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     m = model.model
@@ -295,16 +295,13 @@ def _llama_forward(model, ids, pos, state, lens=None) -> torch.Tensor:
     return model.lm_head(m.norm(_last(x, lens)))
 
 
-_LEAN = {"gpt2": _gpt2_forward, "llama": _llama_forward}
-
-
 @dataclass
 class _DecodeLayer:
-    """One Llama-style layer's weights as a decode step applies them: q, k and v in one product, gate and up
-    in another (fastlinear.Weight: oneDNN with a packed copy where that is this host's decode path). Each
-    RMSNorm's weight is folded into the columns of the product it feeds (W diag(g)), and the attention scale
-    into the q rows (rotary embedding is linear, so it commutes), which leaves a decode step one scale per row
-    where transformers runs ~6 ops per norm."""
+    """One Llama-style layer's weights as `_llama_forward` applies them (prefill and decode): q, k and v in one
+    product, gate and up in another (fastlinear.Weight: oneDNN with a packed copy where that is this host's
+    path for the product's rows). Each RMSNorm's weight is folded into the columns of the product it feeds
+    (W diag(g)), and the attention scale into the q rows (rotary embedding is linear, so it commutes), which
+    leaves one scale per row where transformers runs ~6 ops per norm."""
 
     qkv: fastlinear.Weight
     o: fastlinear.Weight
@@ -348,8 +345,8 @@ def _decode_plan(model) -> list[_DecodeLayer]:
 
 
 def _rms_scale(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """x / sqrt(mean(x^2) + eps) for x (B, d): RMSNorm without its weight (folded into the next product)."""
-    return x * torch.linalg.vecdot(x, x).div_(x.shape[-1]).add_(eps).rsqrt_()[:, None]
+    """x / sqrt(mean(x^2) + eps) over x's last dim: RMSNorm without its weight (folded into the next product)."""
+    return x * torch.linalg.vecdot(x, x).div_(x.shape[-1]).add_(eps).rsqrt_()[..., None]
 
 
 def _rope_tables(model, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -360,26 +357,32 @@ def _rope_tables(model, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tenso
     return cos, torch.cat([-sin[..., :half], sin[..., half:]], -1)
 
 
-def _llama_step(model, tokens: torch.Tensor, state: State, pos: torch.Tensor, visible) -> torch.Tensor:
-    """One decode step of a Llama-style model on the fused plan: per layer one norm scale, one q/k/v product,
-    rotary embedding of q and k together, the cache write (one column of a preallocated buffer), attention,
-    the output product with the residual added in it, one norm scale, one gate/up product and the down
-    product, again with the residual. Returns (B, V) logits."""
+def _llama_forward(model, ids, pos, state, lens=None) -> torch.Tensor:
+    """A Llama-style forward of ids (B, S) (or packed rows, `lens`) at positions pos on the fused plan, for
+    prefill and decode alike: per layer one norm scale, one q/k/v product, the rotary embedding of q and k
+    together, attention (the cache write included), the output product with the residual added in it, one norm
+    scale, one gate/up product and the down product, again with the residual. Returns (B, V) logits."""
+    if getattr(model, "hf_device_map", None):
+        return _llama_modules(model, ids, pos, state, lens)
     m, plan = model.model, _decode_plan(model)
-    b, hq, hkv = len(tokens), model.config.num_attention_heads, model.config.num_key_value_heads
+    b, n = ids.shape
+    hq, hkv = model.config.num_attention_heads, model.config.num_key_value_heads
     d = plan[0].qkv.weight.shape[0] // (hq + 2 * hkv)
-    x = m.embed_tokens(tokens)  # (B, model width)
-    cos, sin = _rope_tables(model, x, pos)
+    x = m.embed_tokens(ids)  # (B, S, model width)
+    cos, sin = (t[:, :, None] for t in _rope_tables(model, x, pos))  # (B, S, 1, D)
+    visible = _visible(state.keep, n) if lens is None else None
     for lay, layer, shared in zip(plan, state.cache.layers, state.shared or [None] * len(plan)):
-        qkv = lay.qkv(_rms_scale(x, lay.eps[0]))  # (B, (Hq + 2 Hkv) D), q already scaled
-        qk = qkv[:, :(hq + hkv) * d].view(b, hq + hkv, d)
-        qk = torch.addcmul(qk * cos, qk.roll(d // 2, -1), sin)  # rotary embedding of q and k at once
-        q, k = qk[:, :hq, None], qk[:, hq:, None]  # (B, H, 1, D)
-        v = qkv[:, (hq + hkv) * d:].view(b, hkv, 1, d)
-        x = lay.o.add_to(x, _attend(q, layer, k, v, shared, visible, 1.0)[:, 0])
+        qkv = lay.qkv(_rms_scale(x, lay.eps[0]))  # (B, S, (Hq + 2 Hkv) D), q already scaled
+        qk = qkv[..., :(hq + hkv) * d].view(b, n, hq + hkv, d)
+        qk = torch.addcmul(qk * cos, qk.roll(d // 2, -1), sin).transpose(1, 2)  # (B, Hq + Hkv, S, D)
+        v = qkv[..., (hq + hkv) * d:].view(b, n, hkv, d).transpose(1, 2)  # (B, Hkv, S, D)
+        x = lay.o.add_to(x, _attend(qk[:, :hq], layer, qk[:, hq:], v, shared, visible, 1.0, lens))
         gate, up = lay.gate_up(_rms_scale(x, lay.eps[1])).chunk(2, -1)
         x = lay.down.add_to(x, lay.act(gate).mul_(up))
-    return model.lm_head(m.norm(x))
+    return model.lm_head(m.norm(_last(x, lens)))
+
+
+_LEAN = {"gpt2": _gpt2_forward, "llama": _llama_forward}
 
 
 def step(model, tokens: torch.Tensor, state: State) -> tuple[State, torch.Tensor]:
@@ -392,8 +395,6 @@ def step(model, tokens: torch.Tensor, state: State) -> tuple[State, torch.Tensor
     keep = mask if state.shared is None else torch.cat([state.keep, state.keep.new_ones(len(tokens), 1)], dim=1)
     grown = State(state.cache, mask, state.ids, state.shared, keep)
     pos = mask.sum(-1, keepdim=True) - 1  # (B, 1)
-    if lean is _llama_forward and not getattr(model, "hf_device_map", None):  # (accelerate's hooks move inputs)
-        return grown, _llama_step(model, tokens, grown, pos, _visible(keep, 1)).float()
     return grown, lean(model, tokens[:, None], pos, grown).float()
 
 
