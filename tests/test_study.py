@@ -216,9 +216,7 @@ name: sweep
 out: {tmp_path / "out"}
 train:
   - {{name: m, lrs: [1.0e-4, 3.0e-2], args: {args}}}
-models:
-  - {{model: {tmp_path / "out" / "lab" / "m-lr0.0001"}, label: m, family: transformer}}
-""")
+""")  # (train runs alone: no models list needed)
     result = study.run_study(study=path, echo=lambda _: None)
     assert [s.name for s in result["stages"]] == ["train:m-lr0.0001", "train:m-lr0.03"]
     # (so few steps learn little: which rate wins is checked on known numbers in the next test)
@@ -235,6 +233,8 @@ models:
     with pytest.raises(study.StudyError, match=r"train\[0\].lrs"):
         study.load(write(tmp_path / "bad.yaml", "name: b\nout: o\ntrain: [{name: m, lrs: [1.0e-3], args: "
                                                 "{lr: 1.0e-3}}]\nmodels: [{model: m, family: rwkv}]\n"))
+    with pytest.raises(study.StudyError, match="models: a study needs at least one model"):
+        study.load(write(tmp_path / "empty.yaml", "name: e\nout: o\n"))
 
 
 def test_the_report_keeps_each_points_best_learning_rate():

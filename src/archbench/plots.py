@@ -10,6 +10,9 @@ import io
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter
+
+from archbench import fmt
 
 
 def family_color(family: str) -> str:
@@ -231,9 +234,10 @@ def mqar_frontier(points: list[dict], bench: list[dict]) -> bytes | None:
     ax = fig.add_subplot(1, 2 + bool(bench), 2)
     for p in (p for p in points if p.get("state_bytes")):
         ax.plot([p["state_bytes"]], [p["accuracy"]], marker="o", linestyle="", color=family_color(p["family"]))
-        ax.annotate(f"{p['label']} L{p['seq_len']}", (p["state_bytes"], p["accuracy"]), fontsize=5,
+        ax.annotate(f"{p['label']} {p['seq_len']}x{p['pairs']}", (p["state_bytes"], p["accuracy"]), fontsize=5,
                     xytext=(3, 3), textcoords="offset points")
-    ax.set_xscale("log")
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt.size(v)))
     ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel("state bytes after one sequence (KV cache / recurrent state)")
     ax.set_ylabel("accuracy")

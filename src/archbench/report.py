@@ -297,8 +297,9 @@ def build(res: dict, figures: list) -> list[tuple]:
     blocks: list[tuple] = [("h1", title)]
     for spec in res["studies"]:
         blocks.append(("p", spec.get("description") or ""))
-    blocks.append(("p", _LEGEND))
     points = model_points(res)
+    if res["evals"] or res["answers"]:  # the legend of the quality tables (a lab or bench study has none)
+        blocks.append(("p", _LEGEND))
     groups = list(dict.fromkeys(p["group"] for p in points))
     for group in groups:
         ps = [p for p in points if p["group"] == group]
