@@ -345,8 +345,10 @@ def _decode_plan(model) -> list[_DecodeLayer]:
 
 
 def _rms_scale(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """x / sqrt(mean(x^2) + eps) over x's last dim: RMSNorm without its weight (folded into the next product)."""
-    return x * torch.linalg.vecdot(x, x).div_(x.shape[-1]).add_(eps).rsqrt_()[..., None]
+    """x / sqrt(mean(x^2) + eps) over x's last dim: RMSNorm without its weight (folded into the next product),
+    computed in fp32 as LlamaRMSNorm does (fp16 squares overflow); a no-op cast for fp32 x."""
+    xf = x.float()
+    return (xf * torch.linalg.vecdot(xf, xf).div_(x.shape[-1]).add_(eps).rsqrt_()[..., None]).to(x.dtype)
 
 
 def _rope_tables(model, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
