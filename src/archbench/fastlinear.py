@@ -207,8 +207,7 @@ class Weight:
         self.weight, self.bias, self._packed = weight.detach().contiguous(), bias, None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
-        if rows * self.weight.numel() >= MIN_MACS and uses_onednn(self.weight.device, self.weight.dtype, rows):
+        if _takes_onednn(self.weight, x):
             if self._packed is None:
                 self._packed = onednn_pack(self.weight)
             return onednn_linear(x, self._packed, self.bias)
@@ -217,11 +216,17 @@ class Weight:
     def add_to(self, x: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
         """x + self(inp) (x (..., out), inp (..., in)); on F.linear's path one addmm (the residual added inside
         the product)."""
-        rows = inp.numel() // inp.shape[-1]
-        if self.bias is None and not (rows * self.weight.numel() >= MIN_MACS
-                                      and uses_onednn(self.weight.device, self.weight.dtype, rows)):
+        if self.bias is None and not _takes_onednn(self.weight, inp):
+            rows = inp.numel() // inp.shape[-1]
             return torch.addmm(x.reshape(rows, -1), inp.reshape(rows, -1), self.weight.t()).view(x.shape)
         return x + self(inp)
+
+
+def _takes_onednn(weight: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether x (..., in) @ weight.T runs through oneDNN: this host's path for its number of rows, and at least
+    MIN_MACS multiply-adds."""
+    rows = x.numel() // x.shape[-1]
+    return rows * weight.numel() >= MIN_MACS and uses_onednn(x.device, x.dtype, rows)
 
 
 def _weight(module) -> torch.Tensor:
@@ -238,8 +243,7 @@ def _packed(module) -> torch.Tensor:
 
 
 def _forward(module, x: torch.Tensor) -> torch.Tensor:
-    rows = x.numel() // x.shape[-1]
-    if rows * module.weight.numel() < MIN_MACS or not uses_onednn(x.device, x.dtype, rows):
+    if not _takes_onednn(module.weight, x):
         return type(module).forward(module, x)
     return onednn_linear(x, _packed(module), module.bias)
 
