@@ -38,7 +38,9 @@ NASTY = '</script><b>bold</b> & "quotes"'
 BENCH = [{"model": m, "family": f, "context": c, "batch": 1, "status": "ok", "ttft_ms_median": c / 10,
           "ttft_ms_p90": c / 9, "prefill_tok_s": 1000.0 + c, "decode_ms_median": 2.0 + c / 256, "decode_ms_p90": 3.0,
           "decode_tok_s": 400.0, "peak_mem_mb": 50.0 + c / 8, "state_bytes": 4096 if f == "mamba" else 1024 * c}
-         for m, f in (("tiny-gpt2", "transformer"), ("tiny-mamba", "mamba")) for c in (128, 512)]
+         for m, f in (("tiny-gpt2", "transformer"), ("tiny-mamba", "mamba")) for c in (128, 512)] + [
+    {"model": "tiny-gpt2", "family": "transformer", "context": 8192, "batch": 1, "status": "skipped",
+     "reason": "context 8192 + 16 new tokens exceeds the model's window of 4096 tokens"}]
 
 
 def _lm(name):
@@ -174,7 +176,9 @@ def test_bench_training_and_answers_tables(report):
     bench = next(t for t in tables if "decode ms/tok" in t[0])
     assert bench[1] == ["tiny-gpt2 (untrained)", "transformer", "128", "1", "ok", "12.8", "1128", "2.50", "400.0",
                         "66", "128.0 KiB"]
-    assert [r[0] for r in bench[1:]] == ["tiny-gpt2 (untrained)"] * 2 + ["tiny-mamba (untrained)"] * 2
+    assert [r[0] for r in bench[1:]] == ["tiny-gpt2 (untrained)"] * 3 + ["tiny-mamba (untrained)"] * 2
+    assert bench[3][2:] == ["8192", "1", "skipped: context 8192 + 16 new tokens exceeds the model's window of 4096 "
+                            "tokens"] + ["-"] * 6  # a point not measured says why, and shows no number
     train = next(t for t in tables if t[0][0] == "Fine-tune")
     assert train[1] == ["lora1", "smollm2-135m", "8", "4", "3.000", "2.000", "460800", "12"]
     answers = next(t for t in tables if t[0] == ["Model", "shots", "question", "answer"])

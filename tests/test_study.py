@@ -2,6 +2,7 @@
 plan offline and writes nothing, and a tiny study runs, stores, reports and then skips what is done."""
 import json
 from importlib import resources
+from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
@@ -251,3 +252,21 @@ def test_the_report_keeps_each_points_best_learning_rate():
     got = {(p["label"], p["seq_len"]): (p["accuracy"], p["lr"], p["tried"]) for p in report_lab.mqar_points(res)}
     assert got == {("a", 64): (0.9, 1e-3, [1e-3, 1e-2]), ("a", 128): (0.4, 1e-2, [1e-3, 1e-2]),
                    ("b", 64): (0.1, 1e-3, [1e-3]), ("b", 128): (0.0, 1e-3, [1e-3])}
+
+
+def test_bench_stage_is_done_only_with_the_points_it_asks_for(tmp_path):
+    """A bench.json left by other contexts (the study's YAML changed) does not count as this stage's points."""
+    call = SimpleNamespace(models=["m"], contexts=[32, 512], batches=[1], rounds=2)
+    stage = SimpleNamespace(kind="bench", out=str(tmp_path), call=call)
+
+    def write(*points):
+        (tmp_path / "bench.json").write_text(json.dumps({"points": [
+            {"model": "m", "context": t, "batch": 1, "status": s, "rounds": r} for t, s, r in points]}))
+
+    assert study.status(stage, None) == (False, "to do")
+    write((64, "skipped", None), (512, "ok", 2))
+    assert study.status(stage, None) == (False, "to do (1/2 points stored)")
+    write((32, "ok", 1), (512, "ok", 2))  # a round short
+    assert study.status(stage, None)[0] is False
+    write((32, "skipped", None), (512, "ok", 2))
+    assert study.status(stage, None) == (True, "done")

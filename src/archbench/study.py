@@ -411,11 +411,13 @@ def status(stage: Stage, store) -> tuple[bool, str]:
     if stage.kind == "finetune":  # finetune.json is written once training has finished
         done = (Path(stage.out) / "finetune.json").exists()
         return done, "done" if done else "to do"
-    if stage.kind == "bench":  # bench.json is rewritten after every point: done when all have every round
-        marker, call = Path(stage.out) / "bench.json", stage.call
+    if stage.kind == "bench":  # bench.json is rewritten after every point: done when every point the study
+        marker, call = Path(stage.out) / "bench.json", stage.call  # asks for is there with every round
         points = json.loads(marker.read_text())["points"] if marker.exists() else []
-        have = sum(p["status"] != "ok" or p.get("rounds", 1) >= call.rounds for p in points)
-        want = len(call.models) * len(call.contexts) * len(call.batches)
+        wanted = {(m, t, b) for m in call.models for t in call.contexts for b in call.batches}
+        have = sum((p["model"], p["context"], p["batch"]) in wanted and
+                   (p["status"] != "ok" or p.get("rounds", 1) >= call.rounds) for p in points)
+        want = len(wanted)
         return have >= want, "done" if have >= want else f"to do ({have}/{want} points stored)" if have else "to do"
     if stage.kind == "ask":
         have = {a["model"] for a in store.records(stage.call.run_id, "answer")}
