@@ -82,8 +82,7 @@ def test_greedy_tokens_match_transformers_one_at_a_time(lm):
     print(f"{lm.name}: {len(ids)} prompts x {NEW} tokens, near-tie divergences: {near_ties}")
 
 
-def test_prefill_logits_match_forward(lm, monkeypatch):
-    monkeypatch.setattr(transformer, "CHUNK", 5)  # cascade prefill: several query blocks per key head
+def test_prefill_logits_match_forward(lm):
     ids = _prompts(lm)
     fam = families.get(lm.family)
     if DEVICE == "cpu" and lm.model_type in ("gpt2", "llama"):  # the prefills below are packed (varlen)
