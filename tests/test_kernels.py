@@ -264,16 +264,13 @@ def test_cascade_attention_matches_attention_over_the_concatenation(prefix, head
 @pytest.mark.skipif(transformer._FLASH_CPU is None, reason="this torch has no fused CPU flash attention op")
 @pytest.mark.parametrize("prefix", [0, 7])
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2)])
-def test_packed_prefill_attention_matches_per_row_causal_attention(monkeypatch, prefix, heads, kv_heads):
-    monkeypatch.setattr(transformer, "CHUNK", 4)  # several query blocks per key head over the prefix
+def test_packed_prefill_attention_matches_per_row_causal_attention(prefix, heads, kv_heads):
     g = torch.Generator().manual_seed(10 + prefix + kv_heads)
     lens, d, scale = [5, 3, 7], 8, 0.35
     n = sum(lens)
     q = torch.randn(1, heads, n, d, generator=g)
     k, v = torch.randn(1, kv_heads, n, d, generator=g), torch.randn(1, kv_heads, n, d, generator=g)
     pk, pv = torch.randn(kv_heads, prefix, d, generator=g), torch.randn(kv_heads, prefix, d, generator=g)
-    if prefix and not transformer._cpu_packed(torch.device("cpu"), torch.float32):
-        pytest.skip("no oneDNN packed linears in this torch build")
     layer = transformer.Preallocated()
     got = transformer._packed_attend(q, layer, k, v, _prefix_state(pk, pv) if prefix else None, lens, scale)
     start = 0
