@@ -220,7 +220,7 @@ def table(points: list[dict]) -> Table:
     for p in points:
         label, fam = fmt.label(p["model"], p["untrained"]), fmt.family(p["family"], p.get("layers"))
         if p["status"] != "ok":
-            tab.add_row(label, fam, str(p["context"]), str(p["batch"]), f"{p['status']}: {p['reason']}",
+            tab.add_row(label, fam, str(p["context"]), str(p["batch"]), fmt.status(p["status"], p["reason"]),
                         *["-"] * 8)
             continue
         tab.add_row(label, fam, str(p["context"]), str(p["batch"]), "ok",

@@ -45,6 +45,12 @@ def count(parts: Sequence[float], totals: Sequence[int]) -> str:
     return f"{sum(parts):.0f}/{sum(totals)}"
 
 
+def status(state: str | None, reason: str | None = None) -> str:
+    """A bench point's status with the reason it was not measured: 'ok', 'skipped: context 512 + 16 new tokens
+    exceeds the model's window of 64 tokens'; '?' for unknown."""
+    return ": ".join(filter(None, (state or "?", reason)))
+
+
 def label(model: str, untrained: bool) -> str:
     """A model's row label; untrained zoo models are marked everywhere."""
     return model + (" (untrained)" if untrained else "")

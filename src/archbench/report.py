@@ -231,7 +231,7 @@ def bench_table(points: list[dict]) -> tuple[list[str], list[list[str]]]:
             value = p.get(key)
             cells.append("-" if value is None else fmt.size(value) if spec == "size" else format(value, spec))
         rows.append([p["label"], fmt.family(p.get("family"), p.get("layers")), str(p["context"]), str(p["batch"]),
-                     ": ".join(filter(None, (p.get("status", "?"), p.get("reason")))), *cells])
+                     fmt.status(p.get("status"), p.get("reason")), *cells])
     return header, rows
 
 
