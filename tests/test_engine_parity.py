@@ -17,7 +17,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from archbench import engine, families  # noqa: E402
+from archbench import engine, families, fastlinear  # noqa: E402
 from archbench.config import GenConfig  # noqa: E402
 from archbench.families import transformer  # noqa: E402
 from archbench.generation import generate  # noqa: E402
@@ -267,6 +267,23 @@ def test_rows_finishing_at_eos_match_transformers_greedy(name, monkeypatch):
             continue
         top2 = logits[k].topk(2).values
         assert top2[0] - top2[1] <= NEAR_TIE, f"{name} row {i}: step {k} differs from transformers (EOS {eos})"
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama"])
+def test_batch_one_decode_without_prefix_matches_transformers(name):
+    """One row, no shared prefix, no padding (what `archbench bench` times: the decode attention is one fused
+    call): the logits of every step equal transformers' on the same tokens."""
+    lm = load(name, device=DEVICE)
+    ids = _prompts(lm)[1]
+    tokens, ref = _reference(lm, ids)
+    fam = families.get(lm.family)
+    with torch.inference_mode(), fastlinear.packed(lm.model):
+        state, out = fam.prefill(lm.model, [ids])
+        steps = [out[0]]
+        for t in tokens[:-1]:
+            state, out = fam.step(lm.model, torch.tensor([t], device=lm.device), state)
+            steps.append(out[0])
+    assert (torch.stack(steps) - ref).abs().max() <= 1e-4 * ref.abs().max()
 
 
 @pytest.mark.parametrize("bias", [False, True])

@@ -216,9 +216,12 @@ def _attend(q, layer, k, v, shared, visible, scale, lens=None) -> torch.Tensor:
         o = _packed_attend(q, layer, k, v, shared, lens, scale)
     else:
         keys, values = layer.update(k, v)  # (B, Hkv, W, D)
-        r = hq // keys.shape[1]
-        seen = None if visible is None else visible.repeat(1, r, 1)[:, None]  # (B, 1, R*S, W)
-        o = _one_softmax(q.reshape(b, -1, r * n, d), keys, values, seen, shared, scale)
+        if visible is None and shared is None:  # decode, no padding, no prefix: one fused call
+            o = F.scaled_dot_product_attention(q, keys, values, scale=scale, enable_gqa=True)
+        else:
+            r = hq // keys.shape[1]
+            seen = None if visible is None else visible.repeat(1, r, 1)[:, None]  # (B, 1, R*S, W)
+            o = _one_softmax(q.reshape(b, -1, r * n, d), keys, values, seen, shared, scale)
     return o.reshape(b, hq, n, d).transpose(1, 2).reshape(b, n, hq * d)
 
 
@@ -322,10 +325,9 @@ def _decode_plan(model) -> list[_DecodeLayer]:
 
 
 def _rms_scale(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """x / sqrt(mean(x^2) + eps) over x's last dim: RMSNorm without its weight (folded into the next product),
-    computed in fp32 as LlamaRMSNorm does (fp16 squares overflow); a no-op cast for fp32 x."""
-    xf = x.float()
-    return (xf * torch.linalg.vecdot(xf, xf).div_(x.shape[-1]).add_(eps).rsqrt_()[..., None]).to(x.dtype)
+    """x / sqrt(mean(x^2) + eps) over x's last dim: RMSNorm without its weight (folded into the next product);
+    PyTorch's rms_norm computes in fp32 for half inputs, as LlamaRMSNorm does (fp16 squares overflow)."""
+    return F.rms_norm(x, (x.shape[-1],), None, eps)
 
 
 def _rope_tables(model, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
