@@ -1,5 +1,6 @@
 """Study files: every shipped study validates, bad files fail with file/key/reason, the dry run lists the
 plan offline and writes nothing, and a tiny study runs, stores, reports and then skips what is done."""
+import dataclasses
 import json
 from importlib import resources
 from types import SimpleNamespace
@@ -8,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from archbench import study
+from archbench.bench_config import BenchConfig
 from archbench.cli import app
 from archbench.demo import run_demo
 from archbench.store import Store
@@ -254,13 +256,14 @@ def test_the_report_keeps_each_points_best_learning_rate():
                    ("b", 64): (0.1, 1e-3, [1e-3]), ("b", 128): (0.0, 1e-3, [1e-3])}
 
 
-def test_bench_stage_is_done_only_with_the_points_it_asks_for(tmp_path):
-    """A bench.json left by other contexts (the study's YAML changed) does not count as this stage's points."""
-    call = SimpleNamespace(models=["m"], contexts=[32, 512], batches=[1], rounds=2)
+def test_bench_stage_is_done_only_with_the_points_and_settings_it_asks_for(tmp_path):
+    """A bench.json left by other contexts, or measured with other settings (the study's YAML changed), does not
+    count as this stage's points."""
+    call = BenchConfig(models=("m",), contexts=(32, 512), batches=(1,), rounds=2, out=str(tmp_path))
     stage = SimpleNamespace(kind="bench", out=str(tmp_path), call=call)
 
-    def write(*points):
-        (tmp_path / "bench.json").write_text(json.dumps({"points": [
+    def write(*points, config=call):
+        (tmp_path / "bench.json").write_text(json.dumps({"config": config.record(), "points": [
             {"model": "m", "context": t, "batch": 1, "status": s, "rounds": r} for t, s, r in points]}))
 
     assert study.status(stage, None) == (False, "to do")
@@ -270,3 +273,5 @@ def test_bench_stage_is_done_only_with_the_points_it_asks_for(tmp_path):
     assert study.status(stage, None)[0] is False
     write((32, "skipped", None), (512, "ok", 2))
     assert study.status(stage, None) == (True, "done")
+    write((32, "skipped", None), (512, "ok", 2), config=dataclasses.replace(call, new_tokens=16, min_runs=5))
+    assert study.status(stage, None) == (False, "to do (settings changed: new_tokens 16 -> 64, min_runs 5 -> 3)")

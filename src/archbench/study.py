@@ -411,20 +411,34 @@ def status(stage: Stage, store) -> tuple[bool, str]:
     if stage.kind == "finetune":  # finetune.json is written once training has finished
         done = (Path(stage.out) / "finetune.json").exists()
         return done, "done" if done else "to do"
-    if stage.kind == "bench":  # bench.json is rewritten after every point: done when every point the study
-        marker, call = Path(stage.out) / "bench.json", stage.call  # asks for is there with every round
-        points = json.loads(marker.read_text())["points"] if marker.exists() else []
-        wanted = {(m, t, b) for m in call.models for t in call.contexts for b in call.batches}
-        have = sum((p["model"], p["context"], p["batch"]) in wanted and
-                   (p["status"] != "ok" or p.get("rounds", 1) >= call.rounds) for p in points)
-        want = len(wanted)
-        return have >= want, "done" if have >= want else f"to do ({have}/{want} points stored)" if have else "to do"
+    if stage.kind == "bench":
+        return _bench_status(stage)
     if stage.kind == "ask":
         have = {a["model"] for a in store.records(stage.call.run_id, "answer")}
         missing = [m for m in stage.call.models if m not in have]
         stored = len(stage.call.models) - len(missing)
         return not missing, "done" if not missing else f"to do ({stored} answers stored)" if stored else "to do"
     return _eval_status(stage, store)
+
+
+_PER_POINT = ("models", "contexts", "batches", "rounds")  # a bench stage's settings checked point by point
+
+
+def _bench_status(stage: Stage) -> tuple[bool, str]:
+    """bench.json is rewritten after every point: the stage is done when it was measured with the study's
+    settings (new tokens, engine, runs, ...) and every point the study asks for is there with every round."""
+    marker, call = Path(stage.out) / "bench.json", stage.call
+    saved = json.loads(marker.read_text()) if marker.exists() else {"points": []}
+    before = saved.get("config", {})
+    changed = [f"{k} {before[k]!r} -> {v!r}" for k, v in call.record().items()
+               if k not in _PER_POINT and k in before and before[k] != v]
+    if changed:
+        return False, f"to do (settings changed: {', '.join(changed)})"
+    wanted = {(m, t, b) for m in call.models for t in call.contexts for b in call.batches}
+    have = sum((p["model"], p["context"], p["batch"]) in wanted and
+               (p["status"] != "ok" or p.get("rounds", 1) >= call.rounds) for p in saved["points"])
+    want = len(wanted)
+    return have >= want, "done" if have >= want else f"to do ({have}/{want} points stored)" if have else "to do"
 
 
 def _eval_status(stage: Stage, store) -> tuple[bool, str]:
