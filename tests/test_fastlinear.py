@@ -65,7 +65,7 @@ def test_forcing_torch_leaves_the_model_alone_and_says_so(path):
     assert not hasattr(lin, "_onednn_weight")
     assert fastlinear.kernel(CPU, torch.float32) == "decode1 torch, decode torch, prefill torch (forced)"
     w = torch.randn(300, 64)
-    assert torch.equal(fastlinear.linear(torch.ones(40, 64), fastlinear.pack(w)), torch.ones(40, 64) @ w.T)
+    assert torch.equal(fastlinear.Weight(w)(torch.ones(40, 64)), torch.ones(40, 64) @ w.T)
 
 
 @pytest.mark.parametrize("forced", ["torch", "onednn"])

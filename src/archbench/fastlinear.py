@@ -183,21 +183,6 @@ def kernel(device: torch.device, dtype: torch.dtype) -> str:
     return f"{', '.join(parts)} ({c['source']})"
 
 
-def pack(weight: torch.Tensor) -> torch.Tensor:
-    """An (out, in) fp32 CPU weight ready for `linear` on prefill-sized products: oneDNN's blocked copy where
-    oneDNN is this host's prefill path, else the weight itself (contiguous)."""
-    if uses_onednn(weight.device, weight.dtype, DECODE_ROWS + 1):
-        return onednn_pack(weight)
-    return weight.detach().contiguous()
-
-
-def linear(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x (..., in) @ weight.T + bias with a weight from `pack`."""
-    if uses_onednn(x.device, x.dtype, DECODE_ROWS + 1):
-        return onednn_linear(x, packed_weight, bias)
-    return F.linear(x, packed_weight, bias)
-
-
 class Weight:
     """An (out, in) weight and optional bias that the engine applies itself (a fused projection): x @ w.T + b
     through oneDNN with a copy packed on first use where `packed` would send the product there, else

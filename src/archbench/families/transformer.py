@@ -390,8 +390,7 @@ def select(state: State, rows: torch.Tensor) -> State:
 
 
 def state_bytes(state: State) -> int:
-    """Bytes of the KV cache tensors (keys and values of every layer; a shared prefix counted once, its
-    oneDNN-packed copy not counted)."""
+    """Bytes of the KV cache tensors (keys and values of every layer; a shared prefix counted once)."""
     shared = [t for kv in state.shared or [] for t in kv]
     return tensor_bytes(shared) + tensor_bytes(t for layer in state.cache.layers for t in (layer.keys, layer.values))
 
